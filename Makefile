@@ -1,0 +1,55 @@
+# Tern developer tasks. `make` alone lists them.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+CARGO ?= cargo
+# Extra arguments for tern-bench, e.g. make bench BENCH_ARGS='--tasks 100000 --concurrency 256'
+BENCH_ARGS ?=
+
+.PHONY: help tools build run test bench fmt lint clean distclean
+
+help: ## List the targets
+	@echo "Tern developer tasks:"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN { FS = ":.*## " } { printf "  make %-10s %s\n", $$1, $$2 }'
+	@echo
+	@echo "Variables: BENCH_ARGS='...' (tern-bench options), CARGO_TARGET_DIR, TERN_SKIP_BUILD=1 (run/bench)"
+
+tools: ## Install the pinned nats-server into .tools/ if none suitable is on PATH
+	@scripts/nats-server.sh
+
+build: ## Build every binary (release, as `make run` uses)
+	$(CARGO) build --release --bins
+
+run: ## Start NATS + all services + a webhook receiver; print a curl; Ctrl-C stops
+	@scripts/run.sh
+
+test: ## Run every test (unit, integration against real nats-server, doc tests)
+	@TERN_NATS_SERVER="$$(scripts/nats-server.sh)"; \
+	export TERN_NATS_SERVER; \
+	echo "TERN_NATS_SERVER=$$TERN_NATS_SERVER"; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast --no-tests=warn; \
+		$(CARGO) test --workspace --doc; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast --no-tests=warn; \
+	fi
+
+bench: ## Start the system in the background, run tern-bench with BENCH_ARGS, stop it
+	@scripts/bench.sh $(BENCH_ARGS)
+
+fmt: ## Format all Rust code
+	$(CARGO) fmt --all
+
+lint: ## Clippy on everything, warnings are errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean: ## Remove build output and local run state (.tern: NATS store, logs)
+	$(CARGO) clean
+	rm -rf .tern
+
+distclean: clean ## Also remove the installed tools (.tools)
+	rm -rf .tools

@@ -1,0 +1,240 @@
+//! `tern-bench`: submits webhook tasks to a running Tern, receives the deliveries on
+//! a local receiver, and reports what a user would feel: accepted/s, accept latency,
+//! end-to-end delivered/s, delivery latency, and lost or duplicated tasks.
+
+mod receiver;
+mod stats;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio::sync::Mutex;
+
+use crate::receiver::Receiver;
+use crate::stats::summarize;
+
+/// Benchmark options.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Base URL of the ingress.
+    #[arg(long, env = "TERN_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API key to submit with.
+    #[arg(long, env = "TERN_API_KEY")]
+    api_key: String,
+    /// Tasks to submit.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Concurrent submitting clients.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Size of each task's payload.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// Port of the local receiver (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    receiver_port: u16,
+    /// Target submissions per second (open loop); unlimited when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Fraction of deliveries the receiver fails with a 500 (retries follow).
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Give up waiting for deliveries after this many seconds without progress.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+}
+
+struct Submitted {
+    /// task id → when its request was sent.
+    sent: HashMap<String, Instant>,
+    accept_latencies: Vec<Duration>,
+    rejected: usize,
+    first_error: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let receiver = Receiver::start(args.receiver_port, args.fail_rate).await?;
+    let webhook_url = format!("http://{}/hook", receiver.addr);
+    let payload = serde_json::json!({ "data": "x".repeat(args.payload_bytes.saturating_sub(12)) });
+    let body = bytes::Bytes::from(serde_json::to_vec(&serde_json::json!({
+        "queue": "bench",
+        "webhook_url": webhook_url,
+        "payload": payload,
+    }))?);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+
+    println!(
+        "tern-bench: {} tasks, {} clients, {} B payloads{}{} -> {}",
+        args.tasks,
+        args.concurrency,
+        args.payload_bytes,
+        args.rate.map(|r| format!(", {r}/s")).unwrap_or_default(),
+        if args.fail_rate > 0.0 {
+            format!(", receiver fails {:.0}%", args.fail_rate * 100.0)
+        } else {
+            String::new()
+        },
+        args.url
+    );
+    let submitted = Arc::new(Mutex::new(Submitted {
+        sent: HashMap::with_capacity(args.tasks),
+        accept_latencies: Vec::with_capacity(args.tasks),
+        rejected: 0,
+        first_error: None,
+    }));
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let endpoint = format!("{}/v1/tasks", args.url.trim_end_matches('/'));
+    let clients: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let (client, body, endpoint, next, submitted) = (
+                client.clone(),
+                body.clone(),
+                endpoint.clone(),
+                next.clone(),
+                submitted.clone(),
+            );
+            let (key, tasks, rate) = (args.api_key.clone(), args.tasks, args.rate);
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= tasks {
+                        break;
+                    }
+                    if let Some(rate) = rate {
+                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let sent = Instant::now();
+                    let result = client
+                        .post(&endpoint)
+                        .bearer_auth(&key)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let latency = sent.elapsed();
+                    let outcome = match result {
+                        Ok(r) if r.status().as_u16() == 202 => r
+                            .json::<serde_json::Value>()
+                            .await
+                            .ok()
+                            .and_then(|v| v["task_id"].as_str().map(str::to_string))
+                            .ok_or_else(|| "202 without task_id".to_string()),
+                        Ok(r) => Err(format!("HTTP {}: {}", r.status(), r.text().await.unwrap_or_default())),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let mut s = submitted.lock().await;
+                    match outcome {
+                        Ok(id) => {
+                            s.sent.insert(id, sent);
+                            s.accept_latencies.push(latency);
+                        }
+                        Err(e) => {
+                            s.rejected += 1;
+                            s.first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.context("submitting client panicked")?;
+    }
+    let submit_elapsed = start.elapsed();
+
+    // Wait for deliveries while they keep coming.
+    let accepted = submitted.lock().await.sent.len();
+    let mut last_count = 0;
+    let mut last_progress = Instant::now();
+    loop {
+        let count = receiver.with_seen(|s| s.first.len());
+        if count >= accepted {
+            break;
+        }
+        if count != last_count {
+            last_count = count;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > Duration::from_secs(args.idle_timeout) {
+            println!("no delivery for {} s; stopping the wait", args.idle_timeout);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let late duplicates show up before counting them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let s = submitted.lock().await;
+    let (mut delivery_latencies, lost, duplicates, last_delivery, attempts_histogram, failed) =
+        receiver.with_seen(|seen| {
+            let mut latencies = Vec::with_capacity(s.sent.len());
+            let mut lost = 0usize;
+            let mut last = start;
+            for (id, sent) in &s.sent {
+                match seen.first.get(id) {
+                    Some(at) => {
+                        latencies.push(at.saturating_duration_since(*sent));
+                        last = last.max(*at);
+                    }
+                    None => lost += 1,
+                }
+            }
+            let mut histogram: std::collections::BTreeMap<u32, usize> = Default::default();
+            for n in seen.attempts.values() {
+                *histogram.entry(*n).or_default() += 1;
+            }
+            (latencies, lost, seen.duplicates, last, histogram, seen.failed)
+        });
+    let mut accept_latencies = s.accept_latencies.clone();
+    let accept = summarize(&mut accept_latencies);
+    let delivery = summarize(&mut delivery_latencies);
+    let e2e_elapsed = last_delivery.saturating_duration_since(start);
+
+    println!("accepted:          {accepted} ({} rejected)", s.rejected);
+    if let Some(e) = &s.first_error {
+        println!("first rejection:   {e}");
+    }
+    println!(
+        "accepted/s:        {:.0}",
+        accepted as f64 / submit_elapsed.as_secs_f64()
+    );
+    println!(
+        "accept latency:    p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        accept.p50, accept.p99, accept.max
+    );
+    println!(
+        "delivered/s:       {:.0} (end to end, first submit to last delivery)",
+        delivery_latencies.len() as f64 / e2e_elapsed.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "delivery latency:  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        delivery.p50, delivery.p99, delivery.max
+    );
+    println!("lost:              {lost}");
+    println!("duplicated:        {duplicates}");
+    if args.fail_rate > 0.0 {
+        println!("failed on purpose: {failed}");
+        let histogram: Vec<String> = attempts_histogram
+            .iter()
+            .map(|(attempts, tasks)| format!("{attempts}: {tasks}"))
+            .collect();
+        println!("attempts per task: {}", histogram.join(", "));
+    }
+    if lost > 0 || s.rejected > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The benchmark's webhook receiver: notes when each task id arrives.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use rand::Rng;
+
+/// What the receiver saw.
+#[derive(Default)]
+pub struct Seen {
+    /// First arrival of each task id.
+    pub first: HashMap<String, Instant>,
+    /// Requests for a task id that had already been answered 2xx.
+    pub duplicates: u64,
+    /// Requests answered with a failure on purpose.
+    pub failed: u64,
+    /// Attempts per task id (1 = delivered at the first try).
+    pub attempts: HashMap<String, u32>,
+}
+
+struct Shared {
+    seen: Mutex<Seen>,
+    fail_rate: f64,
+}
+
+/// A running receiver.
+pub struct Receiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Receiver {
+    /// Binds `port` on loopback (0 = any) and serves in the background.
+    pub async fn start(port: u16, fail_rate: f64) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            seen: Mutex::new(Seen::default()),
+            fail_rate,
+        });
+        let app = Router::new().fallback(receive).with_state(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared })
+    }
+
+    /// Runs `f` over what was seen so far.
+    pub fn with_seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        let seen = self.shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+        f(&seen)
+    }
+}
+
+/// Pulls `"task_id":"…"` out of the envelope without parsing the whole body.
+fn task_id(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"task_id\":\"")? + "\"task_id\":\"".len();
+    let end = text[start..].find('"')? + start;
+    Some(text[start..end].to_string())
+}
+
+async fn receive(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
+    let now = Instant::now();
+    let Some(id) = task_id(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let fail = shared.fail_rate > 0.0 && rand::rng().random_bool(shared.fail_rate.min(1.0));
+    let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+    *seen.attempts.entry(id.clone()).or_insert(0) += 1;
+    if fail {
+        seen.failed += 1;
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    if seen.first.contains_key(&id) {
+        seen.duplicates += 1;
+    } else {
+        seen.first.insert(id, now);
+    }
+    StatusCode::OK
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_task_id() {
+        assert_eq!(
+            super::task_id(br#"{"task_id":"abc-1","queue":"q"}"#).as_deref(),
+            Some("abc-1")
+        );
+        assert_eq!(super::task_id(b"{}"), None);
+    }
+}

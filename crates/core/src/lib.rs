@@ -1,0 +1,33 @@
+//! Shared building blocks of the Tern services.
+//!
+//! Anything more than one binary needs lives here: configuration, Standard Webhooks
+//! signing, idempotency, retry backoff, the outbound URL guard, the JetStream
+//! topology, the task record store, health/metrics endpoints and shutdown.
+
+pub mod backoff;
+pub mod config;
+pub mod duration;
+pub mod idempotency;
+pub mod nats;
+pub mod ops;
+pub mod shutdown;
+pub mod service;
+pub mod signing;
+pub mod task_store;
+pub mod task_view;
+pub mod tenants;
+pub mod telemetry;
+pub mod tier;
+pub mod topology;
+pub mod url_guard;
+
+/// Version string sent as `User-Agent: Tern/<version>` and printed at start.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,128 @@
+//! What every service does around its own work: read configuration, set up logging,
+//! connect to NATS, make sure the topology exists, serve ops endpoints, and map
+//! signals to the shutdown token. Binaries are then a few lines of `main.rs`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::ops::Health;
+use crate::topology::{Topology, TopologyError};
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// NATS could not be reached.
+    #[error(transparent)]
+    Connect(#[from] crate::nats::ConnectError),
+    /// Streams or buckets could not be created.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// A listener could not be bound.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address that was refused.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The service's main loop failed after starting.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Binds a TCP listener with a useful error.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The NATS side every service shares once started.
+#[derive(Clone)]
+pub struct Runtime {
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// Streams, consumers and buckets.
+    pub topology: Topology,
+}
+
+impl Runtime {
+    /// Connects and ensures the topology.
+    pub async fn start(
+        config: &Config,
+        name: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, StartError> {
+        let client = crate::nats::connect(&config.nats, name, shutdown).await?;
+        let js = crate::nats::jetstream(client.clone());
+        let topology = Topology::ensure(js, config).await?;
+        Ok(Self { client, topology })
+    }
+
+    /// The readiness view of this runtime.
+    pub fn health(&self) -> Health {
+        Health::new(self.client.clone(), self.topology.clone())
+    }
+}
+
+/// The configuration path: `--config <path>` or `TERN_CONFIG`, else none (defaults + env).
+pub fn config_path_from_args() -> Result<Option<PathBuf>, String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--config" || arg == "-c" {
+            return args
+                .next()
+                .map(|p| Some(PathBuf::from(p)))
+                .ok_or_else(|| "--config needs a path".to_string());
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Ok(Some(PathBuf::from(path)));
+        }
+        if arg == "--help" || arg == "-h" {
+            return Err("usage: <binary> [--config <file.toml>]\n\
+                 Configuration: the TOML file plus TERN_<SECTION>__<KEY> environment overrides."
+                .to_string());
+        }
+        return Err(format!("unknown argument {arg:?}; usage: [--config <file.toml>]"));
+    }
+    Ok(std::env::var_os("TERN_CONFIG").map(PathBuf::from))
+}
+
+/// The body of every binary's `main`: config, logging, signals, run, exit code.
+pub async fn main<F, Fut, E>(name: &'static str, run: F) -> ExitCode
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let config = match config_path_from_args().and_then(|path| {
+        Config::load(path.as_deref()).map_err(|e| e.to_string())
+    }) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&config.log);
+    tracing::info!(service = name, version = crate::VERSION, config = %config.redacted(), "starting");
+    let shutdown = crate::shutdown::on_signals();
+    match run(config, shutdown).await {
+        Ok(()) => {
+            tracing::info!(service = name, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(service = name, error = %e, "failed");
+            ExitCode::FAILURE
+        }
+    }
+}

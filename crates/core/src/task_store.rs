@@ -1,0 +1,203 @@
+//! Task records in the `tern_tasks` KV bucket, changed only by compare-and-swap.
+//!
+//! Several processes touch one task (ingress creates it, a worker claims and finishes
+//! it, an operator cancels or re-drives it). Every change is a CAS on the record's
+//! revision, so a stale writer can never move a task backwards: it loses the CAS,
+//! re-reads, and its change function decides again on the fresh state.
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use tern_proto::Message;
+use tern_proto::v1::{TaskRecord, TaskStatus};
+
+/// Why a task store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// NATS did not answer or refused.
+    #[error("task store unavailable: {0}")]
+    Unavailable(String),
+    /// The stored bytes are not a TaskRecord (corruption or a foreign writer).
+    #[error("task record {0} is corrupt: {1}")]
+    Corrupt(String, prost::DecodeError),
+    /// Too many concurrent writers won the CAS; the caller may retry later.
+    #[error("task record {0} is contended")]
+    Contended(String),
+}
+
+/// The result of [`TaskStore::update`].
+#[derive(Debug)]
+pub enum Updated {
+    /// The change was written; the record as stored and its new revision.
+    Written(TaskRecord, u64),
+    /// The change function declined (the task is in a state where it does not apply).
+    Declined(TaskRecord, u64),
+    /// There is no such task.
+    Missing,
+}
+
+/// What a change function decides after looking at the current record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Store the mutated record.
+    Write,
+    /// Leave the record as it is.
+    Decline,
+}
+
+/// True for states a task never leaves on its own.
+pub fn is_terminal(status: TaskStatus) -> bool {
+    matches!(
+        status,
+        TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Dead | TaskStatus::Cancelled
+    )
+}
+
+/// Attempts to win a CAS before giving up; conflicts are rare (one task, few writers).
+const MAX_CAS_ROUNDS: usize = 16;
+
+/// Access to task records.
+#[derive(Clone)]
+pub struct TaskStore {
+    kv: kv::Store,
+}
+
+impl TaskStore {
+    /// Wraps the `tern_tasks` bucket.
+    pub fn new(kv: kv::Store) -> Self {
+        Self { kv }
+    }
+
+    /// Stores a new record; returns its revision. Fails if the id exists.
+    pub async fn create(&self, record: &TaskRecord) -> Result<u64, CreateError> {
+        self.kv
+            .create(&record.id, Bytes::from(record.encode_to_vec()))
+            .await
+            .map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => CreateError::Exists,
+                _ => CreateError::Store(StoreError::Unavailable(e.to_string())),
+            })
+    }
+
+    /// Removes a record (used to undo a create whose publish failed).
+    pub async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.kv
+            .purge(id)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// The record and its revision, if it exists.
+    pub async fn get(&self, id: &str) -> Result<Option<(TaskRecord, u64)>, StoreError> {
+        let entry = self
+            .kv
+            .entry(id)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let record = TaskRecord::decode(entry.value)
+                    .map_err(|e| StoreError::Corrupt(id.to_string(), e))?;
+                Ok(Some((record, entry.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Applies `change` by compare-and-swap, re-reading and re-deciding on conflict.
+    ///
+    /// `known` is the caller's belief of the current record and revision (for example
+    /// rebuilt from a stream message); when right it saves a read on the hot path.
+    pub async fn update<F>(
+        &self,
+        id: &str,
+        known: Option<(TaskRecord, u64)>,
+        mut change: F,
+    ) -> Result<Updated, StoreError>
+    where
+        F: FnMut(&mut TaskRecord) -> Change,
+    {
+        let mut current = match known {
+            Some(known) => Some(known),
+            None => self.get(id).await?,
+        };
+        for _ in 0..MAX_CAS_ROUNDS {
+            let Some((mut record, revision)) = current.take() else {
+                return Ok(Updated::Missing);
+            };
+            let before = record.clone();
+            if change(&mut record) == Change::Decline {
+                return Ok(Updated::Declined(before, revision));
+            }
+            match self
+                .kv
+                .update(id, Bytes::from(record.encode_to_vec()), revision)
+                .await
+            {
+                Ok(new_revision) => return Ok(Updated::Written(record, new_revision)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    current = self.get(id).await?;
+                }
+                Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+            }
+        }
+        Err(StoreError::Contended(id.to_string()))
+    }
+}
+
+/// Why [`TaskStore::create`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// A record with this id exists already.
+    #[error("task exists already")]
+    Exists,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states() {
+        for s in [
+            TaskStatus::Succeeded,
+            TaskStatus::Failed,
+            TaskStatus::Dead,
+            TaskStatus::Cancelled,
+        ] {
+            assert!(is_terminal(s));
+        }
+        for s in [
+            TaskStatus::Queued,
+            TaskStatus::Scheduled,
+            TaskStatus::Processing,
+            TaskStatus::Waiting,
+        ] {
+            assert!(!is_terminal(s));
+        }
+    }
+}
+
+/// The record a task starts with. Ingress stores it; a worker rebuilds the same value
+/// from the stream message to CAS against `record_revision` without reading first, so
+/// everything in it must be derivable from the [`Task`](tern_proto::v1::Task).
+pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
+    use tern_proto::v1::task::Work;
+    let target_url = match &task.work {
+        Some(Work::Webhook(w)) => w.url.clone(),
+        None => String::new(),
+    };
+    TaskRecord {
+        id: task.id.clone(),
+        tenant_id: task.tenant_id.clone(),
+        tier: task.tier,
+        queue: task.queue.clone(),
+        status: TaskStatus::Queued as i32,
+        created_at_ms: task.created_at_ms,
+        updated_at_ms: task.created_at_ms,
+        target_url,
+        ..Default::default()
+    }
+}

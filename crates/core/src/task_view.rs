@@ -1,0 +1,167 @@
+//! The public JSON shape of a task, shared by the status API and by completion
+//! notifications (whose `data` is "the task as the status API shows it").
+
+use serde::Serialize;
+use tern_proto::v1::{Attempt, AttemptError, TaskRecord, TaskStatus};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Status names as the API spells them.
+pub fn status_name(status: TaskStatus) -> &'static str {
+    match status {
+        TaskStatus::Unspecified | TaskStatus::Queued => "queued",
+        TaskStatus::Scheduled => "scheduled",
+        TaskStatus::Processing => "processing",
+        TaskStatus::Waiting => "waiting",
+        TaskStatus::Succeeded => "succeeded",
+        TaskStatus::Failed => "failed",
+        TaskStatus::Dead => "dead",
+        TaskStatus::Cancelled => "cancelled",
+    }
+}
+
+/// Error kind names as attempt records spell them.
+pub fn attempt_error_name(error: AttemptError) -> Option<&'static str> {
+    match error {
+        AttemptError::Unspecified => None,
+        AttemptError::Timeout => Some("timeout"),
+        AttemptError::Connect => Some("connect"),
+        AttemptError::Dns => Some("dns"),
+        AttemptError::Tls => Some("tls"),
+        AttemptError::RefusedByGuard => Some("refused-by-guard"),
+        AttemptError::EndpointDisabled => Some("endpoint-disabled"),
+        AttemptError::Other => Some("other"),
+    }
+}
+
+/// RFC 3339 text of a millisecond timestamp.
+pub fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    /// Task id (UUIDv7).
+    pub task_id: String,
+    /// Lifecycle state.
+    pub status: &'static str,
+    /// Queue name.
+    pub queue: String,
+    /// Where the work goes.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub webhook_url: String,
+    /// When it was accepted.
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+    /// Every attempt so far, oldest first.
+    pub attempts: Vec<AttemptView>,
+    /// When the next retry is due, while one is pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// The outcome once the task is done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultView>,
+    /// Why it failed or died.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One attempt as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct AttemptView {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// When the call started.
+    pub started_at: String,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// HTTP status, when a response came back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u32>,
+    /// What went wrong before a response, when nothing came back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+    /// The start of the response body, or the error's description.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub response: String,
+}
+
+/// The result of a finished task.
+#[derive(Debug, Serialize)]
+pub struct ResultView {
+    /// HTTP status of the response that completed the task.
+    #[serde(rename = "statusCode")]
+    pub status_code: u32,
+    /// Its headers.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Its body (bounded).
+    pub body: String,
+    /// How long the call took, in ms.
+    pub duration: u64,
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(a: &Attempt) -> Self {
+        Self {
+            number: a.number,
+            started_at: rfc3339(a.started_at_ms),
+            duration_ms: a.duration_ms,
+            status_code: (a.status_code != 0).then_some(a.status_code),
+            error: attempt_error_name(a.error()),
+            response: a.response_excerpt.clone(),
+        }
+    }
+}
+
+impl From<&TaskRecord> for TaskView {
+    fn from(r: &TaskRecord) -> Self {
+        Self {
+            task_id: r.id.clone(),
+            status: status_name(r.status()),
+            queue: r.queue.clone(),
+            webhook_url: r.target_url.clone(),
+            created_at: rfc3339(r.created_at_ms),
+            updated_at: rfc3339(r.updated_at_ms),
+            attempts: r.attempts.iter().map(AttemptView::from).collect(),
+            next_attempt_at: (r.next_attempt_at_ms != 0).then(|| rfc3339(r.next_attempt_at_ms)),
+            result: r.result.as_ref().map(|res| ResultView {
+                status_code: res.status_code,
+                headers: res.headers.clone().into_iter().collect(),
+                body: res.body.clone(),
+                duration: res.duration_ms,
+            }),
+            last_error: (!r.last_error.is_empty()).then(|| r.last_error.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_timestamps_and_optional_fields() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_614_265_330_123), "2021-02-25T15:02:10.123Z");
+        let record = TaskRecord {
+            id: "t".into(),
+            status: TaskStatus::Processing as i32,
+            attempts: vec![Attempt {
+                number: 1,
+                error: AttemptError::Timeout as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json = serde_json::to_value(TaskView::from(&record)).unwrap();
+        assert_eq!(json["status"], "processing");
+        assert_eq!(json["attempts"][0]["error"], "timeout");
+        assert!(json["attempts"][0].get("status_code").is_none());
+        assert!(json.get("result").is_none());
+    }
+}

@@ -1,0 +1,154 @@
+//! What happens after an attempt: done, retry later, or give up.
+//!
+//! A pure decision over the task's policy, its age and the attempt's outcome, so the
+//! rules are tested without NATS or HTTP.
+
+use std::time::Duration;
+
+use tern_core::backoff::{BackoffKind, BackoffPolicy};
+use tern_proto::v1::{Backoff, RetryPolicy};
+
+/// The next step after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The work is done.
+    Succeed,
+    /// Try again after this delay (a JetStream nak with delay).
+    Retry(Duration),
+    /// Retries or time ran out: dead-letter the task.
+    Dead(String),
+}
+
+/// How an attempt ended, as far as retrying is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx.
+    Success,
+    /// Worth retrying; `retry_after` is the receiver's hint (429/503).
+    Retryable {
+        /// Short description for the dead letter.
+        reason: String,
+        /// The receiver's `Retry-After`, if any.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The backoff policy of a task's retry settings.
+pub fn backoff_of(policy: &RetryPolicy) -> BackoffPolicy {
+    BackoffPolicy {
+        kind: if policy.backoff() == Backoff::Fixed {
+            BackoffKind::Fixed
+        } else {
+            BackoffKind::Exponential
+        },
+        initial: Duration::from_millis(policy.initial_delay_ms),
+        max: Duration::from_millis(policy.max_delay_ms.max(policy.initial_delay_ms)),
+    }
+}
+
+/// Decides what follows attempt number `attempt` (1-based) of a task created at
+/// `created_at_ms`, now being `now_ms`.
+pub fn decide(
+    policy: &RetryPolicy,
+    attempt: u32,
+    created_at_ms: i64,
+    now_ms: i64,
+    verdict: &Verdict,
+    rng: &mut impl rand::Rng,
+) -> Step {
+    let (reason, retry_after) = match verdict {
+        Verdict::Success => return Step::Succeed,
+        Verdict::Retryable {
+            reason,
+            retry_after,
+        } => (reason, *retry_after),
+    };
+    if attempt > policy.max_retries {
+        return Step::Dead(format!(
+            "gave up after {attempt} attempts; last error: {reason}"
+        ));
+    }
+    let backoff = backoff_of(policy);
+    let delay = match retry_after {
+        Some(hint) => hint.min(backoff.max),
+        None => backoff.delay(attempt, rng),
+    };
+    if policy.max_age_ms > 0 {
+        let deadline = created_at_ms.saturating_add(policy.max_age_ms as i64);
+        if now_ms.saturating_add(delay.as_millis() as i64) > deadline {
+            return Step::Dead(format!(
+                "max_age of {} exceeded; last error: {reason}",
+                tern_core::duration::format(Duration::from_millis(policy.max_age_ms))
+            ));
+        }
+    }
+    Step::Retry(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 3,
+            backoff: Backoff::Exponential as i32,
+            initial_delay_ms: 1000,
+            max_delay_ms: 60_000,
+            timeout_ms: 30_000,
+            max_age_ms: 0,
+        }
+    }
+
+    fn failed(retry_after: Option<Duration>) -> Verdict {
+        Verdict::Retryable {
+            reason: "HTTP 500".into(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn retries_until_the_budget_is_spent() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for attempt in 1..=3 {
+            match decide(&policy(), attempt, 0, 0, &failed(None), &mut rng) {
+                Step::Retry(d) => assert!(d <= Duration::from_millis(1000 << (attempt - 1))),
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            decide(&policy(), 4, 0, 0, &failed(None), &mut rng),
+            Step::Dead(_)
+        ));
+        assert_eq!(
+            decide(&policy(), 4, 0, 0, &Verdict::Success, &mut rng),
+            Step::Succeed
+        );
+    }
+
+    #[test]
+    fn retry_after_is_honoured_but_capped() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let step = decide(&policy(), 1, 0, 0, &failed(Some(Duration::from_secs(5))), &mut rng);
+        assert_eq!(step, Step::Retry(Duration::from_secs(5)));
+        let step = decide(&policy(), 1, 0, 0, &failed(Some(Duration::from_secs(999))), &mut rng);
+        assert_eq!(step, Step::Retry(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn max_age_ends_retries_early() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut p = policy();
+        p.max_age_ms = 10_000;
+        p.backoff = Backoff::Fixed as i32;
+        assert!(matches!(
+            decide(&p, 1, 0, 9_500, &failed(None), &mut rng),
+            Step::Dead(_)
+        ));
+        assert_eq!(
+            decide(&p, 1, 0, 1_000, &failed(None), &mut rng),
+            Step::Retry(Duration::from_secs(1))
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! API errors, mapped to HTTP once, here at the edge.
+//!
+//! Every error leaves as `{"error":{"code","message"}}` with the right status, so
+//! clients can branch on `code` and show `message`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Everything the public API can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or unknown API key.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The body is not valid JSON.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// A header or path parameter is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The JSON is well-formed but a field is missing or wrong.
+    #[error("{0}")]
+    Validation(String),
+    /// The body is larger than allowed.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The body is not JSON.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// No such resource (or not this tenant's).
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The idempotency key was used with a different request.
+    #[error("Idempotency-Key was already used with a different request")]
+    IdempotencyConflict,
+    /// An identical request with this key is still being processed.
+    #[error("a request with this Idempotency-Key is still being processed; retry shortly")]
+    IdempotencyInProgress,
+    /// NATS is unreachable or failed; nothing was accepted.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_key_reused"),
+            ApiError::IdempotencyInProgress => (StatusCode::CONFLICT, "idempotency_in_progress"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::warn!(code, error = %self, "request failed");
+        }
+        let body = json!({"error": {"code": code, "message": self.to_string()}});
+        let mut response = (status, axum::Json(body)).into_response();
+        match self {
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unavailable(_) | ApiError::IdempotencyInProgress => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<tern_core::task_store::StoreError> for ApiError {
+    fn from(e: tern_core::task_store::StoreError) -> Self {
+        ApiError::Unavailable(format!("task store: {e}"))
+    }
+}

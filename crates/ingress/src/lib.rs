@@ -1,0 +1,112 @@
+//! The ingress: Tern's public HTTP API.
+//!
+//! It authenticates API keys, validates input, applies idempotency, writes the task
+//! record, publishes the task to JetStream and answers `202` only after JetStream
+//! acknowledged it. It also serves the status API.
+
+mod auth;
+mod body;
+mod error;
+mod state;
+mod submit;
+mod tasks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::post;
+use tern_core::config::Config;
+use tern_core::service::{Runtime, StartError, bind};
+use tern_core::tenants::Tenants;
+use tern_core::url_guard::UrlGuard;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+use state::AppState;
+
+/// The public API router over `state`.
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/tasks", post(tasks::create))
+        .route("/v1/tasks/{id}", axum::routing::get(tasks::get))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(track_latency))
+        .with_state(state)
+}
+
+async fn track_latency(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    metrics::histogram!("tern_ingress_request_seconds", "status" => response.status().as_str().to_string())
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A bound ingress, ready to run; tests bind port 0 and read the addresses back.
+pub struct Ingress {
+    config: Arc<Config>,
+    api: TcpListener,
+    ops: TcpListener,
+}
+
+impl Ingress {
+    /// Binds the public and ops listeners from `config`.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let api = bind(config.ingress.listen).await?;
+        let ops = bind(config.ingress.ops_listen).await?;
+        Ok(Self {
+            config: Arc::new(config),
+            api,
+            ops,
+        })
+    }
+
+    /// Address of the public API.
+    pub fn api_addr(&self) -> std::io::Result<SocketAddr> {
+        self.api.local_addr()
+    }
+
+    /// Address of the ops endpoints.
+    pub fn ops_addr(&self) -> std::io::Result<SocketAddr> {
+        self.ops.local_addr()
+    }
+
+    /// Serves until `shutdown` fires, then drains in-flight requests.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let tenants = Tenants::from_config(&self.config.tenants).map_err(StartError::Config)?;
+        let runtime = Runtime::start(&self.config, "tern-ingress", &shutdown).await?;
+        let state = AppState {
+            tenants: Arc::new(tenants),
+            tasks: tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
+            idempotency: tern_core::idempotency::IdempotencyStore::new(
+                runtime.topology.idempotency.clone(),
+            ),
+            js: runtime.topology.js.clone(),
+            guard: UrlGuard::new(self.config.outbound.allowed_networks.clone()),
+            config: self.config.clone(),
+        };
+        let ops = tokio::spawn(tern_core::ops::serve(
+            self.ops,
+            runtime.health(),
+            shutdown.clone(),
+        ));
+        tracing::info!(addr = ?self.api.local_addr().ok(), "ingress listening");
+        let served = axum::serve(self.api, router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        let _ = ops.await;
+        served.map_err(|source| StartError::Bind {
+            addr: self.config.ingress.listen,
+            source,
+        })
+    }
+}
+
+/// Binds and runs the ingress until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    Ingress::bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,26 @@
+//! What every handler can reach.
+
+use std::sync::Arc;
+
+use tern_core::config::Config;
+use tern_core::idempotency::IdempotencyStore;
+use tern_core::task_store::TaskStore;
+use tern_core::tenants::Tenants;
+use tern_core::url_guard::UrlGuard;
+
+/// Shared, cheaply clonable handler state.
+#[derive(Clone)]
+pub struct AppState {
+    /// The deployment's configuration.
+    pub config: Arc<Config>,
+    /// API key → tenant.
+    pub tenants: Arc<Tenants>,
+    /// Task records.
+    pub tasks: TaskStore,
+    /// Idempotency keys.
+    pub idempotency: IdempotencyStore,
+    /// JetStream, for publishing accepted tasks.
+    pub js: async_nats::jetstream::Context,
+    /// Checks webhook URLs before they are accepted.
+    pub guard: UrlGuard,
+}

@@ -1,0 +1,98 @@
+//! Accepting a task: the record first, then the durable publish, then the answer.
+//!
+//! The record is created before the message is published so that the moment a
+//! worker sees the task, its record exists to be claimed; the message carries the
+//! record's revision so the worker's claim needs no read. 202 goes out only after
+//! JetStream acknowledged the publish. If the publish fails the record is removed, so
+//! a refused request leaves nothing behind.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::PublishMessage;
+use tern_core::task_store::{CreateError, initial_record};
+use tern_core::tenants::Tenant;
+use tern_core::topology::intake_subject;
+use tern_proto::Message;
+use tern_proto::v1::{RetryPolicy, Task, WebhookWork, task::Work};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A validated webhook task, ready to accept.
+pub struct NewTask {
+    /// Pre-chosen id (idempotent requests pick it before claiming their key).
+    pub id: String,
+    /// Queue name (validated).
+    pub queue: String,
+    /// Webhook URL (validated).
+    pub webhook_url: String,
+    /// Payload JSON text, exactly as the client sent it.
+    pub payload_json: String,
+}
+
+/// The effective retry policy of a new task (configuration defaults for now).
+fn retry_policy(state: &AppState) -> RetryPolicy {
+    let d = &state.config.retry;
+    RetryPolicy {
+        max_retries: d.max_retries,
+        backoff: match d.backoff {
+            tern_core::backoff::BackoffKind::Exponential => {
+                tern_proto::v1::Backoff::Exponential as i32
+            }
+            tern_core::backoff::BackoffKind::Fixed => tern_proto::v1::Backoff::Fixed as i32,
+        },
+        initial_delay_ms: d.initial_delay.get().as_millis() as u64,
+        max_delay_ms: d.max_delay.get().as_millis() as u64,
+        timeout_ms: d.timeout.get().as_millis() as u64,
+        max_age_ms: d.max_age.map(|a| a.get().as_millis() as u64).unwrap_or(0),
+    }
+}
+
+/// Stores and publishes `new`; returns once JetStream has it.
+pub async fn accept(state: &AppState, tenant: &Tenant, new: NewTask) -> Result<(), ApiError> {
+    let mut task = Task {
+        id: new.id,
+        tenant_id: tenant.id.clone(),
+        tier: tenant.tier.to_proto() as i32,
+        queue: new.queue,
+        created_at_ms: tern_core::now_ms(),
+        retry: Some(retry_policy(state)),
+        record_revision: 0,
+        work: Some(Work::Webhook(WebhookWork {
+            url: new.webhook_url,
+            payload_json: new.payload_json.into_bytes(),
+        })),
+    };
+    let revision = state
+        .tasks
+        .create(&initial_record(&task))
+        .await
+        .map_err(|e| match e {
+            CreateError::Exists => ApiError::Unavailable("task id collision; retry".into()),
+            CreateError::Store(e) => e.into(),
+        })?;
+    task.record_revision = revision;
+
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, task.id.as_str());
+    let publish = PublishMessage::build()
+        .payload(task.encode_to_vec().into())
+        .headers(headers);
+    let published = match state
+        .js
+        .send_publish(intake_subject(tenant.tier, &tenant.id), publish)
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = published {
+        if let Err(cleanup) = state.tasks.remove(&task.id).await {
+            tracing::error!(task_id = %task.id, error = %cleanup, "could not remove record of unpublished task");
+        }
+        return Err(ApiError::Unavailable(format!(
+            "could not enqueue the task, nothing was accepted: {e}"
+        )));
+    }
+    metrics::counter!("tern_tasks_accepted_total", "tier" => tenant.tier.as_str()).increment(1);
+    Ok(())
+}

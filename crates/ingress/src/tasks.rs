@@ -1,0 +1,189 @@
+//! `/v1/tasks`: submit a webhook task, read its status.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tern_core::idempotency::{self, Claim};
+use tern_core::task_view::TaskView;
+use tern_core::topology::is_subject_token;
+
+use crate::auth::Authenticated;
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::submit::{self, NewTask};
+
+/// Body of `POST /v1/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTaskRequest {
+    /// Queue name: 1-64 of `A-Z a-z 0-9 _ -`.
+    pub queue: String,
+    /// Where to POST the payload.
+    pub webhook_url: String,
+    /// Any JSON value, delivered byte for byte.
+    pub payload: Box<RawValue>,
+}
+
+/// Body of the 202 answer.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    /// The new task's id.
+    pub task_id: String,
+    /// Always `queued` at acceptance.
+    pub status: &'static str,
+    /// Where to poll the task.
+    pub status_url: String,
+}
+
+/// How long an identical request waits for the first one to finish.
+const IN_PROGRESS_WAIT: Duration = Duration::from_secs(10);
+/// A claim older than this whose request never completed is taken over.
+const ABANDONED_AFTER_MS: i64 = 30_000;
+
+/// `POST /v1/tasks`
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(tenant): Authenticated,
+    headers: HeaderMap,
+    body: JsonBody<CreateTaskRequest>,
+) -> Result<Response, ApiError> {
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if idempotency::is_valid_key(k) => Some(k.to_string()),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "Idempotency-Key must be 1-{} printable ASCII characters",
+                    idempotency::MAX_KEY_LEN
+                )));
+            }
+        },
+    };
+    let request = body.value;
+    if !is_subject_token(&request.queue) {
+        return Err(ApiError::Validation(
+            "queue must be 1-64 characters of A-Z a-z 0-9 _ -".into(),
+        ));
+    }
+    state
+        .guard
+        .validate_url(&request.webhook_url, state.config.ingress.max_url_len)
+        .map_err(|e| ApiError::Validation(format!("webhook_url: {e}")))?;
+
+    let new = NewTask {
+        id: uuid::Uuid::now_v7().to_string(),
+        queue: request.queue,
+        webhook_url: request.webhook_url,
+        payload_json: request.payload.get().to_string(),
+    };
+    let Some(key) = idempotency_key else {
+        let id = new.id.clone();
+        submit::accept(&state, &tenant, new).await?;
+        return Ok(accepted(&state, &id, false));
+    };
+
+    let storage_key = idempotency::storage_key(&tenant.id, &key);
+    let fingerprint = idempotency::fingerprint("POST", "/v1/tasks", &body.raw);
+    let started = Instant::now();
+    let mut claim = state
+        .idempotency
+        .claim(&storage_key, &fingerprint, &new.id)
+        .await?;
+    loop {
+        match claim {
+            Claim::New { revision } => {
+                let id = new.id.clone();
+                if let Err(e) = submit::accept(&state, &tenant, new).await {
+                    if let Err(release) = state.idempotency.release(&storage_key).await {
+                        tracing::warn!(error = %release, "could not release idempotency key");
+                    }
+                    return Err(e);
+                }
+                state
+                    .idempotency
+                    .complete(&storage_key, revision, &fingerprint, &id)
+                    .await?;
+                return Ok(accepted(&state, &id, false));
+            }
+            Claim::Replay { task_id } => return Ok(accepted(&state, &task_id, true)),
+            Claim::Conflict => return Err(ApiError::IdempotencyConflict),
+            Claim::InProgress {
+                claimed_at_ms,
+                revision,
+            } => {
+                if tern_core::now_ms() - claimed_at_ms > ABANDONED_AFTER_MS {
+                    if let Some(revision) = state
+                        .idempotency
+                        .take_over(&storage_key, revision, &fingerprint, &new.id)
+                        .await?
+                    {
+                        claim = Claim::New { revision };
+                        continue;
+                    }
+                } else if started.elapsed() > IN_PROGRESS_WAIT {
+                    return Err(ApiError::IdempotencyInProgress);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                claim = match state.idempotency.inspect(&storage_key, &fingerprint).await? {
+                    // The first request failed and released the key: claim it afresh.
+                    Claim::InProgress { revision: 0, .. } => {
+                        state
+                            .idempotency
+                            .claim(&storage_key, &fingerprint, &new.id)
+                            .await?
+                    }
+                    other => other,
+                };
+            }
+        }
+    }
+}
+
+fn accepted(state: &AppState, task_id: &str, replayed: bool) -> Response {
+    let status_url = format!(
+        "{}/v1/tasks/{task_id}",
+        state.config.ingress.public_url.trim_end_matches('/')
+    );
+    let location = HeaderValue::from_str(&status_url).ok();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            task_id: task_id.to_string(),
+            status: "queued",
+            status_url,
+        }),
+    )
+        .into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// `GET /v1/tasks/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(tenant): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no task {id:?}"));
+    if uuid::Uuid::try_parse(&id).is_err() {
+        return Err(not_found());
+    }
+    match state.tasks.get(&id).await? {
+        Some((record, _)) if record.tenant_id == tenant.id => Ok(Json(TaskView::from(&record))),
+        _ => Err(not_found()),
+    }
+}

@@ -1,0 +1,61 @@
+//! The scheduler: decides when and in what order accepted work runs.
+//!
+//! Today it forwards every accepted task from INTAKE to READY as soon as it arrives;
+//! delays, fairness between tiers and tenants, and queue limits build on this loop.
+
+pub mod forward;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tern_core::config::Config;
+use tern_core::service::{Runtime, StartError, bind};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A bound scheduler, ready to run.
+pub struct Scheduler {
+    config: Arc<Config>,
+    ops: TcpListener,
+}
+
+impl Scheduler {
+    /// Binds the ops listener.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let ops = bind(config.scheduler.ops_listen).await?;
+        Ok(Self {
+            config: Arc::new(config),
+            ops,
+        })
+    }
+
+    /// Address of the ops endpoints.
+    pub fn ops_addr(&self) -> std::io::Result<SocketAddr> {
+        self.ops.local_addr()
+    }
+
+    /// Runs until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let runtime = Runtime::start(&self.config, "tern-scheduler", &shutdown).await?;
+        let ops = tokio::spawn(tern_core::ops::serve(
+            self.ops,
+            runtime.health(),
+            shutdown.clone(),
+        ));
+        tracing::info!("scheduler forwarding intake to ready");
+        let result = forward::run(
+            runtime.topology.js.clone(),
+            self.config.scheduler.max_in_flight,
+            shutdown.clone(),
+        )
+        .await;
+        shutdown.cancel();
+        let _ = ops.await;
+        result.map_err(|e| StartError::Failed(e.to_string()))
+    }
+}
+
+/// Binds and runs the scheduler until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    Scheduler::bind(config).await?.run(shutdown).await
+}

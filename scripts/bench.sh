@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make bench`: start Tern in the background (fresh JetStream store in .tern/bench-nats,
+# logs in .tern/bench-logs), run target/release/tern-bench against it, stop everything.
+#
+#   scripts/bench.sh [tern-bench arguments...]
+#   make bench BENCH_ARGS='--tasks 100000 --concurrency 256 --payload-bytes 1024'
+#
+# --url and --api-key are filled in unless given. tern-bench runs its own receiver
+# (--receiver-port), so no `ternctl listen` is started. The services log at
+# RUST_LOG=warn unless RUST_LOG is set, so logging does not skew the numbers.
+# The exit status is tern-bench's.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+export RUST_LOG="${RUST_LOG:-warn}"
+
+tern_install_traps
+tern_check_ports
+"$TERN_ROOT/scripts/nats-server.sh" >/dev/null
+tern_build
+[[ -x "$TERN_BIN_DIR/tern-bench" ]] || tern_die "$TERN_BIN_DIR/tern-bench was not built"
+
+tern_start_system --store .tern/bench-nats --logs .tern/bench-logs --fresh
+
+args=()
+have_url=0
+have_key=0
+for a in "$@"; do
+    case "$a" in
+        --url | --url=*) have_url=1 ;;
+        --api-key | --api-key=*) have_key=1 ;;
+    esac
+done
+if ((!have_url)); then args+=(--url "$(tern_ingress_url)"); fi
+if ((!have_key)); then args+=(--api-key "$TERN_DEV_API_KEY"); fi
+
+tern_say "tern-bench ${args[*]} $*"
+rc=0
+"$TERN_BIN_DIR/tern-bench" "${args[@]}" "$@" || rc=$?
+if ! tern_check_children; then
+    tern_warn "a Tern process died during the benchmark; logs in .tern/bench-logs/"
+    ((rc != 0)) || rc=1
+fi
+exit "$rc"

@@ -1,0 +1,121 @@
+//! A loopback HTTP receiver that records every request and answers as told.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use tokio_util::sync::CancellationToken;
+
+/// One request as the receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Request path.
+    pub path: String,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Raw body.
+    pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Received {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+type Respond = dyn Fn(&Received, usize) -> StatusCode + Send + Sync;
+
+struct Shared {
+    requests: Mutex<Vec<Received>>,
+    respond: Box<Respond>,
+}
+
+/// A running receiver; stops when dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl Receiver {
+    /// A receiver answering 200 to everything.
+    pub async fn start() -> Self {
+        Self::start_with(|_, _| StatusCode::OK).await
+    }
+
+    /// A receiver answering `respond(request, index of this request)`.
+    pub async fn start_with(
+        respond: impl Fn(&Received, usize) -> StatusCode + Send + Sync + 'static,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            requests: Mutex::new(Vec::new()),
+            respond: Box::new(respond),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver addr");
+        let app = Router::new().fallback(record).with_state(shared.clone());
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(until.cancelled_owned())
+                .await;
+        });
+        Self { addr, shared, stop }
+    }
+
+    /// URL of `path` on this receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything received so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.shared.requests.lock().expect("lock").clone()
+    }
+
+    /// How many requests arrived.
+    pub fn count(&self) -> usize {
+        self.shared.requests.lock().expect("lock").len()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn record(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let received = Received {
+        path: uri.path().to_string(),
+        headers,
+        body,
+        at: Instant::now(),
+    };
+    let index = {
+        let mut requests = shared.requests.lock().expect("lock");
+        requests.push(received.clone());
+        requests.len() - 1
+    };
+    (shared.respond)(&received, index)
+}

@@ -1,0 +1,288 @@
+//! The four Tern services running in-process against a test nats-server.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use tern_core::config::Config;
+use tern_core::tenants::hash_api_key;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::NatsServer;
+
+/// A test tenant's credentials.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    /// Tenant id.
+    pub id: &'static str,
+    /// Plain API key.
+    pub api_key: &'static str,
+    /// Signing secret (`whsec_…`).
+    pub secret: &'static str,
+}
+
+/// Business-tier test tenant.
+pub const ACME: Tenant = Tenant {
+    id: "acme",
+    api_key: "test-key-acme",
+    secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+};
+
+/// Free-tier test tenant.
+pub const GLOBEX: Tenant = Tenant {
+    id: "globex",
+    api_key: "test-key-globex",
+    secret: "whsec_dGVzdC1zZWNyZXQtZ2xvYmV4LTEyMzQ1Njc4",
+};
+
+struct Running {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.handle).await;
+    }
+}
+
+/// A running Tern: ingress, scheduler, delivery worker and callback resolver.
+pub struct TernSystem {
+    /// The configuration every service got.
+    pub config: Config,
+    /// Base URL of the public API.
+    pub api_url: String,
+    client: reqwest::Client,
+    ingress: Option<Running>,
+    scheduler: Option<Running>,
+    worker: Option<Running>,
+    resolver: Option<Running>,
+}
+
+/// The test configuration: two tenants, loopback allowed, every port ephemeral.
+pub fn test_config(nats_url: &str) -> Config {
+    let toml = format!(
+        r#"
+        [nats]
+        url = "{nats_url}"
+        [ingress]
+        listen = "127.0.0.1:0"
+        ops_listen = "127.0.0.1:0"
+        [scheduler]
+        ops_listen = "127.0.0.1:0"
+        [worker]
+        ops_listen = "127.0.0.1:0"
+        concurrency = 64
+        shutdown_grace = "5s"
+        [resolver]
+        listen = "127.0.0.1:0"
+        ops_listen = "127.0.0.1:0"
+        [outbound]
+        allowed_networks = ["127.0.0.0/8", "::1/128"]
+        [retry]
+        max_retries = 3
+        initial_delay = "100ms"
+        max_delay = "1s"
+        timeout = "5s"
+        [[tenants]]
+        id = "{acme}"
+        tier = "business"
+        api_key_hashes = ["{acme_hash}"]
+        signing_secrets = ["{acme_secret}"]
+        [[tenants]]
+        id = "{globex}"
+        tier = "free"
+        api_key_hashes = ["{globex_hash}"]
+        signing_secrets = ["{globex_secret}"]
+        "#,
+        acme = ACME.id,
+        acme_hash = hash_api_key(ACME.api_key),
+        acme_secret = ACME.secret,
+        globex = GLOBEX.id,
+        globex_hash = hash_api_key(GLOBEX.api_key),
+        globex_secret = GLOBEX.secret,
+    );
+    Config::from_toml(&toml).expect("test config")
+}
+
+async fn wait_ready(ops: SocketAddr) {
+    let client = crate::http();
+    let url = format!("http://{ops}/readyz");
+    crate::wait_until("service readiness", Duration::from_secs(30), || {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let response = client.get(&url).send().await.ok()?;
+            response.status().is_success().then_some(())
+        }
+    })
+    .await;
+}
+
+fn spawn<F>(future: F) -> Running
+where
+    F: FnOnce(CancellationToken) -> JoinHandle<()>,
+{
+    let stop = CancellationToken::new();
+    let handle = future(stop.clone());
+    Running { stop, handle }
+}
+
+impl TernSystem {
+    /// Starts all four services with the test configuration.
+    pub async fn start(nats: &NatsServer) -> Self {
+        Self::start_with(nats, |_| {}).await
+    }
+
+    /// Starts all four services after `tweak` adjusted the configuration.
+    pub async fn start_with(nats: &NatsServer, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config(&nats.url());
+        // Fix the API port up front so status URLs point where the test can reach them.
+        let api_port = crate::free_port();
+        config.ingress.listen = ([127, 0, 0, 1], api_port).into();
+        config.ingress.public_url = format!("http://127.0.0.1:{api_port}");
+        tweak(&mut config);
+
+        let ingress = tern_ingress::Ingress::bind(config.clone())
+            .await
+            .expect("bind ingress");
+        let api_addr = ingress.api_addr().expect("ingress addr");
+        let ingress_ops = ingress.ops_addr().expect("ingress ops addr");
+        let api_url = format!("http://{api_addr}");
+        let ingress = spawn(|stop| {
+            tokio::spawn(async move {
+                if let Err(e) = ingress.run(stop).await {
+                    panic!("ingress failed: {e}");
+                }
+            })
+        });
+        wait_ready(ingress_ops).await;
+
+        let mut system = Self {
+            config,
+            api_url,
+            client: crate::http(),
+            ingress: Some(ingress),
+            scheduler: None,
+            worker: None,
+            resolver: None,
+        };
+        system.start_scheduler().await;
+        system.start_worker().await;
+        system.start_resolver().await;
+        system
+    }
+
+    /// Starts (again) the scheduler.
+    pub async fn start_scheduler(&mut self) {
+        let scheduler = tern_scheduler::Scheduler::bind(self.config.clone())
+            .await
+            .expect("bind scheduler");
+        let ops = scheduler.ops_addr().expect("scheduler ops addr");
+        self.scheduler = Some(spawn(|stop| {
+            tokio::spawn(async move {
+                if let Err(e) = scheduler.run(stop).await {
+                    panic!("scheduler failed: {e}");
+                }
+            })
+        }));
+        wait_ready(ops).await;
+    }
+
+    /// Starts (again) a delivery worker.
+    pub async fn start_worker(&mut self) {
+        let worker = tern_delivery_worker::Worker::bind(self.config.clone())
+            .await
+            .expect("bind worker");
+        let ops = worker.ops_addr().expect("worker ops addr");
+        self.worker = Some(spawn(|stop| {
+            tokio::spawn(async move {
+                if let Err(e) = worker.run(stop).await {
+                    panic!("worker failed: {e}");
+                }
+            })
+        }));
+        wait_ready(ops).await;
+    }
+
+    async fn start_resolver(&mut self) {
+        let resolver = tern_callback_resolver::Resolver::bind(self.config.clone())
+            .await
+            .expect("bind resolver");
+        let ops = resolver.ops_addr().expect("resolver ops addr");
+        self.resolver = Some(spawn(|stop| {
+            tokio::spawn(async move {
+                if let Err(e) = resolver.run(stop).await {
+                    panic!("resolver failed: {e}");
+                }
+            })
+        }));
+        wait_ready(ops).await;
+    }
+
+    /// Stops the delivery worker gracefully and waits for it.
+    pub async fn stop_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await;
+        }
+    }
+
+    /// Stops every service.
+    pub async fn stop(mut self) {
+        for running in [
+            self.ingress.take(),
+            self.scheduler.take(),
+            self.worker.take(),
+            self.resolver.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            running.stop().await;
+        }
+    }
+
+    /// The shared test HTTP client.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// `POST /v1/tasks` with `body` as JSON.
+    pub async fn submit(&self, api_key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/tasks", self.api_url))
+            .bearer_auth(api_key)
+            .json(body)
+            .send()
+            .await
+            .expect("submit request")
+    }
+
+    /// `GET /v1/tasks/{id}`: status code and JSON body.
+    pub async fn task(&self, api_key: &str, id: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}/v1/tasks/{id}", self.api_url))
+            .bearer_auth(api_key)
+            .send()
+            .await
+            .expect("status request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until task `id` reaches `status`, returning its JSON.
+    pub async fn wait_for_status(&self, api_key: &str, id: &str, status: &str) -> Value {
+        crate::wait_until(
+            &format!("task {id} to become {status}"),
+            Duration::from_secs(30),
+            || async {
+                let (code, body) = self.task(api_key, id).await;
+                (code == 200 && body["status"] == status).then_some(body)
+            },
+        )
+        .await
+    }
+}
