@@ -35,7 +35,7 @@ test: ## Run every test (unit, integration against real nats-server, doc tests)
 		$(CARGO) nextest run --workspace --no-fail-fast --no-tests=warn; \
 		$(CARGO) test --workspace --doc; \
 	else \
-		$(CARGO) test --workspace --no-fail-fast --no-tests=warn; \
+		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
 bench: ## Start the system in the background, run tern-bench with BENCH_ARGS, stop it

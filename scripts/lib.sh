@@ -15,7 +15,7 @@
 # Knobs (environment):
 #   TERN_DEV_CONFIG      config file for the services      (config/dev.toml)
 #   TERN_READY_TIMEOUT   seconds to wait for readiness     (90)
-#   TERN_STOP_TIMEOUT    seconds to wait after SIGTERM     (20)
+#   TERN_STOP_TIMEOUT    seconds to wait after SIGTERM     (35; services drain for up to 25)
 #   TERN_NATS_HTTP_PORT  nats-server monitoring port       (8222)
 #   TERN_RECEIVER_PORT   port of `ternctl listen`          (9999)
 #   TERN_SKIP_BUILD=1    use the binaries already built
@@ -28,7 +28,7 @@ cd "$TERN_ROOT" || exit 1
 
 TERN_DEV_CONFIG="${TERN_DEV_CONFIG:-config/dev.toml}"
 TERN_READY_TIMEOUT="${TERN_READY_TIMEOUT:-90}"
-TERN_STOP_TIMEOUT="${TERN_STOP_TIMEOUT:-20}"
+TERN_STOP_TIMEOUT="${TERN_STOP_TIMEOUT:-35}"
 TERN_NATS_HTTP_PORT="${TERN_NATS_HTTP_PORT:-8222}"
 TERN_RECEIVER_PORT="${TERN_RECEIVER_PORT:-9999}"
 TERN_DEV_API_KEY="tern_dev_local_key_not_for_production"
@@ -206,6 +206,17 @@ _tern_index_of() {
     return 1
 }
 
+_tern_name_of() {
+    local i
+    for i in "${!_tern_pids[@]}"; do
+        if [[ "${_tern_pids[i]}" == "$1" ]]; then
+            printf '%s\n' "${_tern_names[i]}"
+            return 0
+        fi
+    done
+    printf 'process\n'
+}
+
 # tern_spawn NAME LOGFILE CMD...: start CMD in the background, in its own process
 # group (so a terminal Ctrl-C reaches only us and we stop things in order), with
 # stdout+stderr appended to LOGFILE (the previous run's log is kept as LOGFILE.prev).
@@ -295,13 +306,17 @@ _tern_stop_group() {
         if ((_tern_force || SECONDS >= deadline)); then
             for pid in "$@"; do
                 if kill -0 "$pid" 2>/dev/null; then
-                    tern_warn "pid $pid did not stop in time; killing it"
+                    if ((_tern_force)); then
+                        tern_warn "killing $(_tern_name_of "$pid") (pid $pid): Ctrl-C pressed again"
+                    else
+                        tern_warn "$(_tern_name_of "$pid") (pid $pid) did not stop within ${TERN_STOP_TIMEOUT}s; killing it"
+                    fi
                     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
                 fi
             done
             break
         fi
-        sleep 0.1
+        sleep 0.1 || true
     done
     for pid in "$@"; do
         wait "$pid" 2>/dev/null || true
@@ -313,6 +328,9 @@ _tern_stop_group() {
 tern_stop_all() {
     ((_tern_stopping)) && return 0
     _tern_stopping=1
+    # Never abort half-way: a failing command (or a `sleep` cut short by a second
+    # Ctrl-C) must not leave processes behind.
+    set +e
     # A second Ctrl-C while stopping skips the grace period.
     trap '_tern_force=1' INT TERM
     local pid i
@@ -335,6 +353,9 @@ tern_stop_all() {
     tern_say "stopping the services"
     _tern_stop_group "${first[@]+"${first[@]}"}"
     if [[ ${#last[@]} -gt 0 ]]; then
+        # NATS stops in milliseconds; let it close its store cleanly even after a
+        # forced stop of the services (another Ctrl-C still forces it).
+        _tern_force=0
         tern_say "stopping nats-server"
         _tern_stop_group "${last[@]}"
     fi
@@ -510,6 +531,11 @@ tern_resolver_url() {
     printf 'http://%s:%s\n' "$(tern_url_host "$TERN_HOST")" "$TERN_PORT"
 }
 
+tern_admin_url() {
+    tern_cfg_addr ingress admin_listen
+    printf 'http://%s:%s\n' "$(tern_url_host "$TERN_HOST")" "$TERN_PORT"
+}
+
 # tern_write_env FILE: the dev environment as `source`-able shell.
 tern_write_env() {
     local file="$1"
@@ -520,6 +546,8 @@ tern_write_env() {
         printf 'export TERN_API_KEY=%q\n' "$TERN_DEV_API_KEY"
         printf 'export TERN_SIGNING_SECRET=%q\n' "$(tern_signing_secret)"
         printf 'export TERN_RESOLVER_URL=%q\n' "$(tern_resolver_url)"
+        printf 'export TERN_ADMIN_URL=%q\n' "$(tern_admin_url)"
+        printf 'export TERN_ADMIN_TOKEN=%q\n' "$(tern_cfg_required ingress admin_token)"
         printf 'export TERN_RECEIVER_URL=%q\n' "http://127.0.0.1:$TERN_RECEIVER_PORT"
     } >"$file.tmp.$$"
     mv -f "$file.tmp.$$" "$file"

@@ -13,6 +13,9 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# Services write JSON logs when not on a terminal; people read these ones.
+export TERN_LOG__FORMAT="${TERN_LOG__FORMAT:-pretty}"
+
 tern_install_traps
 
 # Fail before a long build if the ports are taken.

@@ -6,6 +6,7 @@
 //! instead of sleeping for fixed times.
 
 pub mod nats;
+pub mod process;
 pub mod receiver;
 pub mod system;
 

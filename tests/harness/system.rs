@@ -54,6 +54,8 @@ pub struct TernSystem {
     pub config: Config,
     /// Base URL of the public API.
     pub api_url: String,
+    /// Base URL of the admin API.
+    pub admin_url: String,
     client: reqwest::Client,
     ingress: Option<Running>,
     scheduler: Option<Running>,
@@ -61,21 +63,33 @@ pub struct TernSystem {
     resolver: Option<Running>,
 }
 
+/// Admin token of the test configuration.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// The test configuration: two tenants, loopback allowed, every port ephemeral.
 pub fn test_config(nats_url: &str) -> Config {
-    let toml = format!(
+    Config::from_toml(&test_config_toml(nats_url)).expect("test config")
+}
+
+/// The test configuration as TOML (processes read it from a file); later tables in
+/// `extra` are not allowed, so callers append plain `[section]` keys via env instead.
+pub fn test_config_toml(nats_url: &str) -> String {
+    format!(
         r#"
         [nats]
         url = "{nats_url}"
         [ingress]
         listen = "127.0.0.1:0"
         ops_listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        admin_token = "{admin_token}"
         [scheduler]
         ops_listen = "127.0.0.1:0"
         [worker]
         ops_listen = "127.0.0.1:0"
         concurrency = 64
         shutdown_grace = "5s"
+        ack_wait = "5s"
         [resolver]
         listen = "127.0.0.1:0"
         ops_listen = "127.0.0.1:0"
@@ -103,8 +117,8 @@ pub fn test_config(nats_url: &str) -> Config {
         globex = GLOBEX.id,
         globex_hash = hash_api_key(GLOBEX.api_key),
         globex_secret = GLOBEX.secret,
-    );
-    Config::from_toml(&toml).expect("test config")
+        admin_token = ADMIN_TOKEN,
+    )
 }
 
 async fn wait_ready(ops: SocketAddr) {
@@ -149,6 +163,7 @@ impl TernSystem {
             .await
             .expect("bind ingress");
         let api_addr = ingress.api_addr().expect("ingress addr");
+        let admin_url = format!("http://{}", ingress.admin_addr().expect("admin addr"));
         let ingress_ops = ingress.ops_addr().expect("ingress ops addr");
         let api_url = format!("http://{api_addr}");
         let ingress = spawn(|stop| {
@@ -163,6 +178,7 @@ impl TernSystem {
         let mut system = Self {
             config,
             api_url,
+            admin_url,
             client: crate::http(),
             ingress: Some(ingress),
             scheduler: None,
@@ -258,6 +274,40 @@ impl TernSystem {
             .send()
             .await
             .expect("submit request")
+    }
+
+    /// An admin API call: status code and JSON body.
+    pub async fn admin(&self, method: http::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.admin_url))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A public API call with `api_key`: status code and JSON body.
+    pub async fn call(
+        &self,
+        api_key: &str,
+        method: http::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.api_url))
+            .bearer_auth(api_key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("API request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// `GET /v1/tasks/{id}`: status code and JSON body.

@@ -77,6 +77,8 @@ pub struct Config {
     pub retry: RetryDefaults,
     /// Logging.
     pub log: LogConfig,
+    /// Async runtime sizing.
+    pub runtime: RuntimeConfig,
     /// Tenants and their credentials.
     pub tenants: Vec<TenantConfig>,
 }
@@ -117,6 +119,12 @@ pub struct IngressConfig {
     pub listen: SocketAddr,
     /// Health and metrics listener.
     pub ops_listen: SocketAddr,
+    /// Admin API listener (DLQ, endpoints); keep it off the public network.
+    pub admin_listen: SocketAddr,
+    /// Bearer token of the admin API; without one the admin API refuses every call.
+    pub admin_token: Option<Secret<String>>,
+    /// Bulk re-drives publish at most this many tasks per second.
+    pub redrive_rate: u32,
     /// Base URL clients use; `status_url` and `Location` are built from it.
     pub public_url: String,
     /// Largest accepted request body.
@@ -132,6 +140,9 @@ impl Default for IngressConfig {
         Self {
             listen: ([127, 0, 0, 1], 8080).into(),
             ops_listen: ([127, 0, 0, 1], 9080).into(),
+            admin_listen: ([127, 0, 0, 1], 8081).into(),
+            admin_token: None,
+            redrive_rate: 100,
             public_url: "http://127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
             max_url_len: 2048,
@@ -173,6 +184,10 @@ pub struct WorkerConfig {
     pub connect_timeout: HumanDuration,
     /// How long in-flight deliveries may finish after SIGTERM.
     pub shutdown_grace: HumanDuration,
+    /// How long a pulled message may go unacknowledged before JetStream redelivers
+    /// it (a crashed worker's deliveries come back after this); running calls extend
+    /// it with progress acks.
+    pub ack_wait: HumanDuration,
 }
 
 impl Default for WorkerConfig {
@@ -183,6 +198,7 @@ impl Default for WorkerConfig {
             max_response_bytes: 64 * 1024,
             connect_timeout: HumanDuration(std::time::Duration::from_secs(10)),
             shutdown_grace: HumanDuration(std::time::Duration::from_secs(25)),
+            ack_wait: HumanDuration(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -269,6 +285,14 @@ fn deserialize_backoff<'de, D: Deserializer<'de>>(d: D) -> Result<BackoffKind, D
     }
 }
 
+/// Async runtime sizing.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuntimeConfig {
+    /// Worker threads per process; 0 = one per CPU, 1 = a single-threaded runtime.
+    pub worker_threads: usize,
+}
+
 /// Log output settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -348,8 +372,14 @@ impl Config {
                 self.nats.replicas
             ));
         }
+        if self.worker.ack_wait.get() < std::time::Duration::from_secs(1) {
+            return invalid("worker.ack_wait must be at least 1s".into());
+        }
         if self.worker.concurrency == 0 {
             return invalid("worker.concurrency must be at least 1".into());
+        }
+        if self.ingress.redrive_rate == 0 {
+            return invalid("ingress.redrive_rate must be at least 1".into());
         }
         if self.scheduler.max_in_flight == 0 {
             return invalid("scheduler.max_in_flight must be at least 1".into());
@@ -442,6 +472,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tern.toml");
         std::fs::write(&path, SAMPLE).unwrap();
+        #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
         figment::Jail::expect_with(|jail| {
             jail.set_env("TERN_NATS__URL", "nats://override:4222");
             jail.set_env("TERN_WORKER__CONCURRENCY", "7");

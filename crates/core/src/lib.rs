@@ -6,10 +6,15 @@
 
 pub mod backoff;
 pub mod config;
+pub mod dlq;
 pub mod duration;
+pub mod endpoints;
 pub mod idempotency;
+pub mod kv_cache;
 pub mod nats;
 pub mod ops;
+pub mod policy;
+pub mod queues;
 pub mod shutdown;
 pub mod service;
 pub mod signing;

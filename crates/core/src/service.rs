@@ -75,29 +75,28 @@ impl Runtime {
 
 /// The configuration path: `--config <path>` or `TERN_CONFIG`, else none (defaults + env).
 pub fn config_path_from_args() -> Result<Option<PathBuf>, String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--config" || arg == "-c" {
-            return args
-                .next()
-                .map(|p| Some(PathBuf::from(p)))
-                .ok_or_else(|| "--config needs a path".to_string());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(std::env::var_os("TERN_CONFIG").map(PathBuf::from)),
+        [flag, path] if flag == "--config" || flag == "-c" => Ok(Some(PathBuf::from(path))),
+        [arg] if arg.starts_with("--config=") => {
+            Ok(Some(PathBuf::from(&arg["--config=".len()..])))
         }
-        if let Some(path) = arg.strip_prefix("--config=") {
-            return Ok(Some(PathBuf::from(path)));
-        }
-        if arg == "--help" || arg == "-h" {
-            return Err("usage: <binary> [--config <file.toml>]\n\
-                 Configuration: the TOML file plus TERN_<SECTION>__<KEY> environment overrides."
-                .to_string());
-        }
-        return Err(format!("unknown argument {arg:?}; usage: [--config <file.toml>]"));
+        [arg] if arg == "--help" || arg == "-h" => Err("usage: <binary> [--config <file.toml>]\n\
+             Configuration: the TOML file plus TERN_<SECTION>__<KEY> environment overrides."
+            .to_string()),
+        other => Err(format!(
+            "unexpected arguments {other:?}; usage: [--config <file.toml>]"
+        )),
     }
-    Ok(std::env::var_os("TERN_CONFIG").map(PathBuf::from))
 }
 
-/// The body of every binary's `main`: config, logging, signals, run, exit code.
-pub async fn main<F, Fut, E>(name: &'static str, run: F) -> ExitCode
+/// The body of every binary's `main`: config, logging, runtime, signals, run, exit code.
+///
+/// The Tokio runtime is built here rather than by `#[tokio::main]` so that its
+/// thread count comes from configuration (`runtime.worker_threads`): on a small
+/// machine shared by several services, one thread each avoids cross-thread wake-ups.
+pub fn main<F, Fut, E>(name: &'static str, run: F) -> ExitCode
 where
     F: FnOnce(Config, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>>,
@@ -113,16 +112,33 @@ where
         }
     };
     crate::telemetry::init(&config.log);
-    tracing::info!(service = name, version = crate::VERSION, config = %config.redacted(), "starting");
-    let shutdown = crate::shutdown::on_signals();
-    match run(config, shutdown).await {
-        Ok(()) => {
-            tracing::info!(service = name, "stopped");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!(service = name, error = %e, "failed");
-            ExitCode::FAILURE
-        }
+    let mut builder = if config.runtime.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.runtime.worker_threads > 1 {
+        builder.worker_threads(config.runtime.worker_threads);
     }
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        tracing::info!(service = name, version = crate::VERSION, config = %config.redacted(), "starting");
+        let shutdown = crate::shutdown::on_signals();
+        match run(config, shutdown).await {
+            Ok(()) => {
+                tracing::info!(service = name, "stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(service = name, error = %e, "failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

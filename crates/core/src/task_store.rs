@@ -155,6 +155,28 @@ pub enum CreateError {
     Store(#[from] StoreError),
 }
 
+/// The record a task starts with. Ingress stores it; a worker rebuilds the same value
+/// from the stream message to CAS against `record_revision` without reading first, so
+/// everything in it must be derivable from the [`Task`](tern_proto::v1::Task).
+pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
+    use tern_proto::v1::task::Work;
+    let target_url = match &task.work {
+        Some(Work::Webhook(w)) => w.url.clone(),
+        None => String::new(),
+    };
+    TaskRecord {
+        id: task.id.clone(),
+        tenant_id: task.tenant_id.clone(),
+        tier: task.tier,
+        queue: task.queue.clone(),
+        status: TaskStatus::Queued as i32,
+        created_at_ms: task.created_at_ms,
+        updated_at_ms: task.created_at_ms,
+        target_url,
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,27 +199,5 @@ mod tests {
         ] {
             assert!(!is_terminal(s));
         }
-    }
-}
-
-/// The record a task starts with. Ingress stores it; a worker rebuilds the same value
-/// from the stream message to CAS against `record_revision` without reading first, so
-/// everything in it must be derivable from the [`Task`](tern_proto::v1::Task).
-pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
-    use tern_proto::v1::task::Work;
-    let target_url = match &task.work {
-        Some(Work::Webhook(w)) => w.url.clone(),
-        None => String::new(),
-    };
-    TaskRecord {
-        id: task.id.clone(),
-        tenant_id: task.tenant_id.clone(),
-        tier: task.tier,
-        queue: task.queue.clone(),
-        status: TaskStatus::Queued as i32,
-        created_at_ms: task.created_at_ms,
-        updated_at_ms: task.created_at_ms,
-        target_url,
-        ..Default::default()
     }
 }

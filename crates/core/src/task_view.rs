@@ -4,7 +4,6 @@
 use serde::Serialize;
 use tern_proto::v1::{Attempt, AttemptError, TaskRecord, TaskStatus};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// Status names as the API spells them.
 pub fn status_name(status: TaskStatus) -> &'static str {
@@ -34,11 +33,15 @@ pub fn attempt_error_name(error: AttemptError) -> Option<&'static str> {
     }
 }
 
-/// RFC 3339 text of a millisecond timestamp.
+/// RFC 3339 text of a millisecond timestamp, always with three fractional digits so
+/// that timestamps sort as text too.
 pub fn rfc3339(ms: i64) -> String {
+    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
+        .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_default()
 }
 
@@ -146,7 +149,7 @@ mod tests {
 
     #[test]
     fn formats_timestamps_and_optional_fields() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_614_265_330_123), "2021-02-25T15:02:10.123Z");
         let record = TaskRecord {
             id: "t".into(),

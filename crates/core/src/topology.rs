@@ -30,6 +30,10 @@ pub const WORKER_CONSUMER: &str = "delivery";
 pub const TASKS_BUCKET: &str = "tern_tasks";
 /// KV bucket of idempotency keys.
 pub const IDEMPOTENCY_BUCKET: &str = "tern_idempotency";
+/// KV bucket of queue policies.
+pub const QUEUES_BUCKET: &str = "tern_queues";
+/// KV bucket of endpoints disabled after a 410.
+pub const ENDPOINTS_BUCKET: &str = "tern_endpoints";
 
 /// Number of partition tokens in hot subjects; fixed, since it is part of subjects.
 pub const PARTITIONS: u32 = 16;
@@ -38,8 +42,6 @@ pub const PARTITIONS: u32 = 16;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a task record is kept after its last change.
 const TASK_RETENTION: Duration = Duration::from_secs(30 * 86_400);
-/// Ack wait of the delivery consumer; long calls extend it with progress acks.
-pub const WORKER_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Largest message Tern publishes: 1 MiB payload plus envelope and headers.
 const MAX_MESSAGE_BYTES: i32 = 4 * 1024 * 1024;
 
@@ -95,6 +97,10 @@ pub struct Topology {
     pub tasks: kv::Store,
     /// Idempotency keys.
     pub idempotency: kv::Store,
+    /// Queue policies.
+    pub queues: kv::Store,
+    /// Disabled endpoints.
+    pub endpoints: kv::Store,
 }
 
 /// Why the topology could not be created or opened.
@@ -163,7 +169,10 @@ impl Topology {
         )
         .await
         .map_err(err("create consumer scheduler"))?;
-        js.create_consumer_on_stream(pull(WORKER_CONSUMER, WORKER_ACK_WAIT, 50_000), READY_STREAM)
+        js.create_consumer_on_stream(
+            pull(WORKER_CONSUMER, config.worker.ack_wait.get(), 50_000),
+            READY_STREAM,
+        )
             .await
             .map_err(err("create consumer delivery"))?;
 
@@ -188,10 +197,21 @@ impl Topology {
             .await
             .map_err(err("create bucket tern_idempotency"))?;
 
+        let queues = js
+            .create_or_update_key_value(bucket(QUEUES_BUCKET, Duration::ZERO))
+            .await
+            .map_err(err("create bucket tern_queues"))?;
+        let endpoints = js
+            .create_or_update_key_value(bucket(ENDPOINTS_BUCKET, Duration::ZERO))
+            .await
+            .map_err(err("create bucket tern_endpoints"))?;
+
         Ok(Self {
             js,
             tasks,
             idempotency,
+            queues,
+            endpoints,
         })
     }
 

@@ -35,6 +35,11 @@ pub enum AttemptResult {
         /// The first [`EXCERPT_BYTES`] of the body, lossily decoded.
         body_excerpt: String,
     },
+    /// Not attempted: the endpoint was disabled after a 410.
+    Disabled {
+        /// Why, for the attempt record.
+        message: String,
+    },
     /// No response.
     Failed {
         /// Timeout, connect, dns, tls, refused-by-guard, other.
@@ -42,6 +47,16 @@ pub enum AttemptResult {
         /// Human description (no secrets: URLs carry none of ours).
         message: String,
     },
+}
+
+impl AttemptOutcome {
+    /// The HTTP status, when a response came back.
+    pub fn status(&self) -> Option<u16> {
+        match &self.result {
+            AttemptResult::Response { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 /// Sends signed requests.

@@ -67,6 +67,11 @@ impl Worker {
             tenants,
             executor: Executor::new(client, guard, config.worker.max_response_bytes),
             js: runtime.topology.js.clone(),
+            endpoints: tern_core::endpoints::Endpoints::follow(
+                runtime.topology.endpoints.clone(),
+                shutdown.child_token(),
+            ),
+            progress_every: config.worker.ack_wait.get() / 3,
         });
         let ops_shutdown = CancellationToken::new();
         let ops = tokio::spawn(tern_core::ops::serve(

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
+use tern_core::endpoints::Endpoints;
 use tern_core::task_store::{Change, TaskStore, Updated, initial_record, is_terminal};
 use tern_core::tenants::Tenants;
 use tern_core::topology::dlq_subject;
@@ -33,10 +34,11 @@ pub struct Context {
     pub executor: Executor,
     /// JetStream, for dead letters.
     pub js: jetstream::Context,
+    /// Endpoints disabled after a 410.
+    pub endpoints: Endpoints,
+    /// Progress acks are sent this often during a call (a third of the ack wait).
+    pub progress_every: Duration,
 }
-
-/// Ack waits are extended this often while a call is running.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Processes one message; never panics on bad input, always acks, naks or terms.
 pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: CancellationToken) {
@@ -77,30 +79,41 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
 
     let attempt_number = record.attempts.len() as u32 + 1;
     let outcome = match ctx.tenants.by_id(&task.tenant_id) {
-        None => refused(&format!("tenant {} is no longer configured", task.tenant_id)),
+        None => refused(
+            FailureKind::Other,
+            &format!("tenant {} is no longer configured", task.tenant_id),
+        ),
         Some(tenant) => match job::build(&task, attempt_number) {
-            Err(e) => refused(&e.to_string()),
-            Ok(job) => {
-                let call = ctx.executor.execute(&job, &tenant.signer);
-                tokio::select! {
-                    outcome = with_progress(&message, call) => outcome,
-                    _ = abort.cancelled() => {
-                        // Shutdown grace is over: hand the message back for immediate redelivery.
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
-                        return;
+            Err(e) => refused(FailureKind::Other, &e.to_string()),
+            Ok(job) => match ctx.endpoints.disabled(&task.tenant_id, &job.url) {
+                Some(disabled) => refused_endpoint(&disabled),
+                None => {
+                    let call = ctx.executor.execute(&job, &tenant.signer);
+                    tokio::select! {
+                        outcome = with_progress(&message, ctx.progress_every, call) => outcome,
+                        _ = abort.cancelled() => {
+                            // Shutdown grace is over: hand the message back for immediate redelivery.
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                            return;
+                        }
                     }
                 }
-            }
+            },
         },
     };
 
     let verdict = verdict_of(&outcome);
     let policy = task.retry.clone().unwrap_or_default();
     let now = tern_core::now_ms();
+    let budget_started = if record.budget_started_at_ms > 0 {
+        record.budget_started_at_ms
+    } else {
+        task.created_at_ms
+    };
     let step = retry::decide(
         &policy,
-        attempt_number,
-        task.created_at_ms,
+        attempt_number.saturating_sub(record.retry_base),
+        budget_started,
         now,
         &verdict,
         &mut rand::rng(),
@@ -128,6 +141,27 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
             })
             .await;
             settle(&message, written, AckKind::Nak(Some(delay))).await;
+        }
+        Step::Fail(reason) => {
+            if outcome.status() == Some(410)
+                && let Some(url) = task_url(&task)
+                && let Err(e) = ctx
+                    .endpoints
+                    .disable(&task.tenant_id, url, &task.id, &reason)
+                    .await
+            {
+                tracing::warn!(task_id = %task.id, error = %e, "could not disable endpoint; retrying soon");
+                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return;
+            }
+            let written = finish(&ctx, &task.id, (record, revision), |r| {
+                r.attempts.push(attempt.clone());
+                r.status = TaskStatus::Failed as i32;
+                r.last_error = reason.clone();
+                r.next_attempt_at_ms = 0;
+            })
+            .await;
+            settle(&message, written, AckKind::Ack).await;
         }
         Step::Dead(reason) => {
             let mut dead_record = record.clone();
@@ -211,13 +245,11 @@ async fn settle(message: &jetstream::Message, written: Result<(), String>, kind:
 
 async fn with_progress<F: std::future::Future<Output = AttemptOutcome>>(
     message: &jetstream::Message,
+    every: Duration,
     call: F,
 ) -> AttemptOutcome {
     tokio::pin!(call);
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::now() + PROGRESS_EVERY,
-        PROGRESS_EVERY,
-    );
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             outcome = &mut call => return outcome,
@@ -228,20 +260,46 @@ async fn with_progress<F: std::future::Future<Output = AttemptOutcome>>(
     }
 }
 
-fn refused(message: &str) -> AttemptOutcome {
+fn refused(kind: FailureKind, message: &str) -> AttemptOutcome {
     AttemptOutcome {
         started_at_ms: tern_core::now_ms(),
         duration: Duration::ZERO,
         result: AttemptResult::Failed {
-            kind: FailureKind::Other,
+            kind,
             message: message.to_string(),
         },
+    }
+}
+
+/// The attempt that is not made because the endpoint answered 410 before.
+fn refused_endpoint(disabled: &tern_proto::v1::DisabledEndpoint) -> AttemptOutcome {
+    AttemptOutcome {
+        started_at_ms: tern_core::now_ms(),
+        duration: Duration::ZERO,
+        result: AttemptResult::Disabled {
+            message: format!(
+                "endpoint disabled: it answered 410 Gone to task {} at {}; an operator must re-enable it (POST /admin/v1/endpoints/enable)",
+                disabled.task_id,
+                tern_core::task_view::rfc3339(disabled.disabled_at_ms)
+            ),
+        },
+    }
+}
+
+fn task_url(task: &Task) -> Option<&str> {
+    match &task.work {
+        Some(tern_proto::v1::task::Work::Webhook(w)) => Some(&w.url),
+        None => None,
     }
 }
 
 fn verdict_of(outcome: &AttemptOutcome) -> Verdict {
     match &outcome.result {
         AttemptResult::Response { status, .. } if (200..300).contains(status) => Verdict::Success,
+        AttemptResult::Response { status: 410, .. } => {
+            Verdict::Permanent("HTTP 410 Gone: the endpoint is now disabled".into())
+        }
+        AttemptResult::Disabled { message } => Verdict::Permanent(message.clone()),
         AttemptResult::Response {
             status, headers, ..
         } => Verdict::Retryable {
@@ -268,6 +326,9 @@ fn attempt_record(number: u32, outcome: &AttemptOutcome) -> Attempt {
             ..
         } => (u32::from(*status), AttemptError::Unspecified, body_excerpt.clone()),
         AttemptResult::Failed { kind, message } => (0, attempt_error(*kind), message.clone()),
+        AttemptResult::Disabled { message } => {
+            (0, AttemptError::EndpointDisabled, message.clone())
+        }
     };
     Attempt {
         number,
@@ -302,7 +363,7 @@ fn result_of(outcome: &AttemptOutcome) -> Option<TaskResult> {
             body: body_excerpt.clone(),
             duration_ms: outcome.duration.as_millis() as u64,
         }),
-        AttemptResult::Failed { .. } => None,
+        AttemptResult::Failed { .. } | AttemptResult::Disabled { .. } => None,
     }
 }
 
@@ -319,7 +380,13 @@ async fn publish_dead_letter(
         reason: reason.to_string(),
     };
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("dead:{}", task.id).as_str());
+    // The attempt count keeps a second death (after a re-drive) from being dropped as
+    // a duplicate of the first within JetStream's duplicate window.
+    let attempts = letter.record.as_ref().map_or(0, |r| r.attempts.len());
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("dead:{}:{attempts}", task.id).as_str(),
+    );
     let publish = jetstream::message::PublishMessage::build()
         .payload(letter.encode_to_vec().into())
         .headers(headers);
@@ -340,11 +407,13 @@ fn record_metrics(outcome: &AttemptOutcome, step: &Step) {
             _ => "5xx",
         },
         AttemptResult::Failed { kind, .. } => kind.as_str(),
+        AttemptResult::Disabled { .. } => "endpoint-disabled",
     };
     let step_name = match step {
         Step::Succeed => "succeeded",
         Step::Retry(_) => "retry",
         Step::Dead(_) => "dead",
+        Step::Fail(_) => "failed",
     };
     metrics::counter!("tern_deliveries_total", "class" => class, "outcome" => step_name)
         .increment(1);

@@ -17,6 +17,8 @@ pub enum Step {
     Retry(Duration),
     /// Retries or time ran out: dead-letter the task.
     Dead(String),
+    /// Retrying cannot help (the receiver said 410 Gone): fail the task now.
+    Fail(String),
 }
 
 /// How an attempt ended, as far as retrying is concerned.
@@ -24,6 +26,8 @@ pub enum Step {
 pub enum Verdict {
     /// 2xx.
     Success,
+    /// Never retry (410 Gone, or the endpoint is disabled).
+    Permanent(String),
     /// Worth retrying; `retry_after` is the receiver's hint (429/503).
     Retryable {
         /// Short description for the dead letter.
@@ -46,18 +50,20 @@ pub fn backoff_of(policy: &RetryPolicy) -> BackoffPolicy {
     }
 }
 
-/// Decides what follows attempt number `attempt` (1-based) of a task created at
-/// `created_at_ms`, now being `now_ms`.
+/// Decides what follows attempt number `attempt` (1-based, counted within the
+/// current retry budget) of a budget that began at `budget_started_ms`, now being
+/// `now_ms`.
 pub fn decide(
     policy: &RetryPolicy,
     attempt: u32,
-    created_at_ms: i64,
+    budget_started_ms: i64,
     now_ms: i64,
     verdict: &Verdict,
     rng: &mut impl rand::Rng,
 ) -> Step {
     let (reason, retry_after) = match verdict {
         Verdict::Success => return Step::Succeed,
+        Verdict::Permanent(reason) => return Step::Fail(reason.clone()),
         Verdict::Retryable {
             reason,
             retry_after,
@@ -74,7 +80,7 @@ pub fn decide(
         None => backoff.delay(attempt, rng),
     };
     if policy.max_age_ms > 0 {
-        let deadline = created_at_ms.saturating_add(policy.max_age_ms as i64);
+        let deadline = budget_started_ms.saturating_add(policy.max_age_ms as i64);
         if now_ms.saturating_add(delay.as_millis() as i64) > deadline {
             return Step::Dead(format!(
                 "max_age of {} exceeded; last error: {reason}",
@@ -125,6 +131,11 @@ mod tests {
             decide(&policy(), 4, 0, 0, &Verdict::Success, &mut rng),
             Step::Succeed
         );
+        let gone = Verdict::Permanent("HTTP 410".into());
+        assert!(matches!(
+            decide(&policy(), 1, 0, 0, &gone, &mut rng),
+            Step::Fail(_)
+        ));
     }
 
     #[test]

@@ -35,30 +35,44 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !is_json(content_type) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let limit = state.config.ingress.max_body_bytes;
-        let raw = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|e| {
-                if is_length_limit(&e) {
-                    ApiError::PayloadTooLarge(limit)
-                } else {
-                    ApiError::BadRequest(format!("could not read request body: {e}"))
-                }
-            })?;
-        let value = serde_json::from_slice(&raw).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::Validation(e.to_string()),
-            _ => ApiError::InvalidJson(format!("request body is not valid JSON: {e}")),
-        })?;
-        Ok(Self { value, raw })
+        read(req, state.config.ingress.max_body_bytes).await
     }
+}
+
+/// A JSON body for routers without the public state (the admin API), capped at 64 KiB.
+pub struct AnyJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AnyJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        read(req, 64 * 1024).await.map(|body: JsonBody<T>| AnyJson(body.value))
+    }
+}
+
+async fn read<T: DeserializeOwned>(req: Request, limit: usize) -> Result<JsonBody<T>, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !is_json(content_type) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let raw = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            if is_length_limit(&e) {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::BadRequest(format!("could not read request body: {e}"))
+            }
+        })?;
+    let value = serde_json::from_slice(&raw).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Validation(e.to_string()),
+        _ => ApiError::InvalidJson(format!("request body is not valid JSON: {e}")),
+    })?;
+    Ok(JsonBody { value, raw })
 }
 
 /// True when reading stopped at the size limit (rather than a broken connection).

@@ -4,13 +4,16 @@
 //! record, publishes the task to JetStream and answers `202` only after JetStream
 //! acknowledged it. It also serves the status API.
 
+mod admin;
 mod auth;
 mod body;
 mod error;
+mod queues;
 mod state;
 mod submit;
 mod tasks;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,6 +35,8 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/tasks", post(tasks::create))
         .route("/v1/tasks/{id}", axum::routing::get(tasks::get))
+        .route("/v1/queues", axum::routing::get(queues::list))
+        .route("/v1/queues/{name}", axum::routing::get(queues::get).put(queues::put))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(track_latency))
@@ -41,7 +46,13 @@ fn router(state: AppState) -> Router {
 async fn track_latency(req: Request, next: axum::middleware::Next) -> axum::response::Response {
     let started = std::time::Instant::now();
     let response = next.run(req).await;
-    metrics::histogram!("tern_ingress_request_seconds", "status" => response.status().as_str().to_string())
+    let class = match response.status().as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    };
+    metrics::histogram!("tern_ingress_request_seconds", "class" => class)
         .record(started.elapsed().as_secs_f64());
     response
 }
@@ -50,6 +61,7 @@ async fn track_latency(req: Request, next: axum::middleware::Next) -> axum::resp
 pub struct Ingress {
     config: Arc<Config>,
     api: TcpListener,
+    admin: TcpListener,
     ops: TcpListener,
 }
 
@@ -57,12 +69,19 @@ impl Ingress {
     /// Binds the public and ops listeners from `config`.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let api = bind(config.ingress.listen).await?;
+        let admin = bind(config.ingress.admin_listen).await?;
         let ops = bind(config.ingress.ops_listen).await?;
         Ok(Self {
             config: Arc::new(config),
             api,
+            admin,
             ops,
         })
+    }
+
+    /// Address of the admin API.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
     }
 
     /// Address of the public API.
@@ -79,7 +98,7 @@ impl Ingress {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let tenants = Tenants::from_config(&self.config.tenants).map_err(StartError::Config)?;
         let runtime = Runtime::start(&self.config, "tern-ingress", &shutdown).await?;
-        let state = AppState {
+        let state = Arc::new(state::Shared {
             tenants: Arc::new(tenants),
             tasks: tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
             idempotency: tern_core::idempotency::IdempotencyStore::new(
@@ -87,8 +106,29 @@ impl Ingress {
             ),
             js: runtime.topology.js.clone(),
             guard: UrlGuard::new(self.config.outbound.allowed_networks.clone()),
+            queues: tern_core::queues::Queues::follow(
+                runtime.topology.queues.clone(),
+                shutdown.clone(),
+            ),
             config: self.config.clone(),
-        };
+        });
+        let admin_state = Arc::new(admin::AdminShared {
+            dlq: tern_core::dlq::DeadLetters::new(
+                runtime.topology.js.clone(),
+                tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
+            ),
+            endpoints: tern_core::endpoints::Endpoints::follow(
+                runtime.topology.endpoints.clone(),
+                shutdown.clone(),
+            ),
+            token: self.config.ingress.admin_token.clone(),
+            redrive_rate: self.config.ingress.redrive_rate,
+        });
+        let admin = tokio::spawn(
+            axum::serve(self.admin, admin::router(admin_state))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
         let ops = tokio::spawn(tern_core::ops::serve(
             self.ops,
             runtime.health(),
@@ -99,6 +139,7 @@ impl Ingress {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         let _ = ops.await;
+        let _ = admin.await;
         served.map_err(|source| StartError::Bind {
             addr: self.config.ingress.listen,
             source,

@@ -4,13 +4,16 @@ use std::sync::Arc;
 
 use tern_core::config::Config;
 use tern_core::idempotency::IdempotencyStore;
+use tern_core::queues::Queues;
 use tern_core::task_store::TaskStore;
 use tern_core::tenants::Tenants;
 use tern_core::url_guard::UrlGuard;
 
-/// Shared, cheaply clonable handler state.
-#[derive(Clone)]
-pub struct AppState {
+/// Handler state; axum clones it per request, so it lives behind one `Arc`.
+pub type AppState = Arc<Shared>;
+
+/// What every handler can reach.
+pub struct Shared {
     /// The deployment's configuration.
     pub config: Arc<Config>,
     /// API key → tenant.
@@ -23,4 +26,6 @@ pub struct AppState {
     pub js: async_nats::jetstream::Context,
     /// Checks webhook URLs before they are accepted.
     pub guard: UrlGuard,
+    /// Queue policies.
+    pub queues: Queues,
 }

@@ -27,24 +27,8 @@ pub struct NewTask {
     pub webhook_url: String,
     /// Payload JSON text, exactly as the client sent it.
     pub payload_json: String,
-}
-
-/// The effective retry policy of a new task (configuration defaults for now).
-fn retry_policy(state: &AppState) -> RetryPolicy {
-    let d = &state.config.retry;
-    RetryPolicy {
-        max_retries: d.max_retries,
-        backoff: match d.backoff {
-            tern_core::backoff::BackoffKind::Exponential => {
-                tern_proto::v1::Backoff::Exponential as i32
-            }
-            tern_core::backoff::BackoffKind::Fixed => tern_proto::v1::Backoff::Fixed as i32,
-        },
-        initial_delay_ms: d.initial_delay.get().as_millis() as u64,
-        max_delay_ms: d.max_delay.get().as_millis() as u64,
-        timeout_ms: d.timeout.get().as_millis() as u64,
-        max_age_ms: d.max_age.map(|a| a.get().as_millis() as u64).unwrap_or(0),
-    }
+    /// The effective retry policy.
+    pub retry: RetryPolicy,
 }
 
 /// Stores and publishes `new`; returns once JetStream has it.
@@ -55,7 +39,7 @@ pub async fn accept(state: &AppState, tenant: &Tenant, new: NewTask) -> Result<(
         tier: tenant.tier.to_proto() as i32,
         queue: new.queue,
         created_at_ms: tern_core::now_ms(),
-        retry: Some(retry_policy(state)),
+        retry: Some(new.retry),
         record_revision: 0,
         work: Some(Work::Webhook(WebhookWork {
             url: new.webhook_url,

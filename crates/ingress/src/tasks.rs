@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tern_core::idempotency::{self, Claim};
+use tern_core::policy::{self, RetryOverrides};
 use tern_core::task_view::TaskView;
 use tern_core::topology::is_subject_token;
 
@@ -28,6 +29,9 @@ pub struct CreateTaskRequest {
     pub webhook_url: String,
     /// Any JSON value, delivered byte for byte.
     pub payload: Box<RawValue>,
+    /// Overrides of the queue's retry policy for this task.
+    #[serde(default)]
+    pub retry: Option<RetryOverrides>,
 }
 
 /// Body of the 202 answer.
@@ -76,11 +80,28 @@ pub async fn create(
         .validate_url(&request.webhook_url, state.config.ingress.max_url_len)
         .map_err(|e| ApiError::Validation(format!("webhook_url: {e}")))?;
 
+    // Configuration defaults, then the queue's policy, then the task's own overrides.
+    let mut retry = match state.queues.policy(&tenant.id, &request.queue) {
+        Some(queue) => queue
+            .retry
+            .unwrap_or_else(|| policy::defaults(&state.config.retry)),
+        None => policy::defaults(&state.config.retry),
+    };
+    if let Some(overrides) = &request.retry {
+        overrides
+            .validate("retry.")
+            .map_err(|e| ApiError::Validation(e.to_string()))?;
+        overrides.apply(&mut retry);
+        policy::validate_merged(&retry, "retry.")
+            .map_err(|e| ApiError::Validation(e.to_string()))?;
+    }
+
     let new = NewTask {
         id: uuid::Uuid::now_v7().to_string(),
         queue: request.queue,
         webhook_url: request.webhook_url,
         payload_json: request.payload.get().to_string(),
+        retry,
     };
     let Some(key) = idempotency_key else {
         let id = new.id.clone();

@@ -38,6 +38,8 @@ pub async fn run(
         .await
         .map_err(|e| ForwardError(e.to_string()))?;
     let permits = Arc::new(Semaphore::new(max_in_flight));
+    // Cloned per message: an Arc keeps that to a reference count.
+    let js = Arc::new(js);
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(max_in_flight.clamp(1, 1000))

@@ -234,20 +234,82 @@ async fn handle(
         .into_response()
 }
 
-/// The body for a person to read: pretty JSON, else text, else a byte count.
+/// The body for a person to read: indented JSON, else text, else a byte count.
 fn render_body(body: &[u8], limit: usize) -> String {
     if body.is_empty() {
         return "(empty body)".to_owned();
     }
-    let text = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(json) => serde_json::to_string_pretty(&json)
-            .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned()),
-        Err(_) => match std::str::from_utf8(body) {
-            Ok(text) => text.to_owned(),
-            Err(_) => return format!("({} bytes of binary data)", body.len()),
-        },
+    let Ok(text) = std::str::from_utf8(body) else {
+        return format!("({} bytes of binary data)", body.len());
+    };
+    let text = if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+        indent_json(text)
+    } else {
+        text.to_owned()
     };
     truncate(text, limit)
+}
+
+/// Re-indents valid JSON text, keeping keys in the order sent and numbers and strings
+/// exactly as written (a parsed-and-printed value would sort keys).
+fn indent_json(src: &str) -> String {
+    fn newline(out: &mut String, depth: usize) {
+        out.push('\n');
+        for _ in 0..depth {
+            out.push_str("  ");
+        }
+    }
+    let mut out = String::with_capacity(src.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = src.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                while chars.peek().is_some_and(|n| n.is_whitespace()) {
+                    chars.next();
+                }
+                let close = if c == '{' { '}' } else { ']' };
+                out.push(c);
+                if chars.peek() == Some(&close) {
+                    chars.next();
+                    out.push(close);
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(',');
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn truncate(mut text: String, limit: usize) -> String {
@@ -403,6 +465,15 @@ mod tests {
         assert_eq!(render_body(b"plain text", 1000), "plain text");
         assert_eq!(render_body(b"\xff\xfe", 1000), "(2 bytes of binary data)");
         assert_eq!(render_body(b"", 1000), "(empty body)");
+    }
+
+    #[test]
+    fn indents_json_keeping_order_and_literals() {
+        let src = r#" {"b":1.50,"a":[1, 2],"e":{ },"l":[],"s":"x,{y}\"z:[","n":null} "#;
+        let expected = "{\n  \"b\": 1.50,\n  \"a\": [\n    1,\n    2\n  ],\n  \"e\": {},\n  \"l\": [],\n  \"s\": \"x,{y}\\\"z:[\",\n  \"n\": null\n}";
+        assert_eq!(render_body(src.as_bytes(), 10_000), expected);
+        assert_eq!(render_body(b"[]", 100), "[]");
+        assert_eq!(render_body(b"\"just a string\"", 100), "\"just a string\"");
     }
 
     #[test]

@@ -157,13 +157,18 @@ pub(crate) fn diagnose(
         .and_then(|v| v.trim().parse::<i64>().ok())
     {
         let age = now.saturating_sub(ts);
-        if age.unsigned_abs() > tolerance_secs {
-            let direction = if age >= 0 { "old" } else { "in the future" };
-            hints.push(format!(
-                "the request was signed {}s {direction}; to check an old capture pass --tolerance {}",
-                age.unsigned_abs(),
-                age.unsigned_abs().saturating_add(60)
-            ));
+        let distance = age.unsigned_abs();
+        if distance > tolerance_secs {
+            let wider = distance.saturating_add(60);
+            hints.push(if age >= 0 {
+                format!(
+                    "the request was signed {distance}s ago; to check an old capture pass --tolerance {wider}"
+                )
+            } else {
+                format!(
+                    "the request is dated {distance}s in the future (is the sender's clock ahead?); --tolerance {wider} would accept it"
+                )
+            });
         }
     }
     if !headers.contains_key(http::header::CONTENT_LENGTH) && body.last() == Some(&b'\n') {
@@ -213,7 +218,7 @@ mod tests {
         .into_bytes()
     }
 
-    fn problem(outcome: Outcome) -> (String, Vec<String>) {
+    fn invalid(outcome: Outcome) -> (String, Vec<String>) {
         match outcome {
             Outcome::Valid { notes } => panic!("expected invalid, got valid ({notes:?})"),
             Outcome::Invalid { problem, hints } => (problem, hints),
@@ -255,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_wrong_secret_is_explained() {
-        let (problem, _) = problem(check(
+        let (problem, _) = invalid(check(
             &verifier(&[OTHER_SECRET]),
             &capture(SECRET, BODY),
             300,
@@ -269,7 +274,7 @@ mod tests {
         let mut input = capture(SECRET, BODY);
         let at = input.len() - 3;
         input[at] = b'X';
-        let (problem, _) = problem(check(&verifier(&[SECRET]), &input, 300, TS));
+        let (problem, _) = invalid(check(&verifier(&[SECRET]), &input, 300, TS));
         assert!(problem.contains("no signature matches"), "{problem}");
     }
 
@@ -288,7 +293,7 @@ mod tests {
 
     #[test]
     fn an_old_capture_gets_a_tolerance_hint() {
-        let (problem, hints) = problem(check(
+        let (problem, hints) = invalid(check(
             &verifier(&[SECRET]),
             &capture(SECRET, BODY),
             300,
@@ -303,9 +308,9 @@ mod tests {
 
     #[test]
     fn unreadable_input_is_explained() {
-        let (problem, _) = problem(check(&verifier(&[SECRET]), b"", 300, TS));
+        let (problem, _) = invalid(check(&verifier(&[SECRET]), b"", 300, TS));
         assert!(problem.contains("cannot read the request"), "{problem}");
-        let (problem, _) = problem(check(
+        let (problem, _) = invalid(check(
             &verifier(&[SECRET]),
             b"POST / HTTP/1.1\r\nno colon\r\n\r\n",
             300,
@@ -316,7 +321,7 @@ mod tests {
 
     #[test]
     fn missing_headers_are_named() {
-        let (problem, _) = problem(check(
+        let (problem, _) = invalid(check(
             &verifier(&[SECRET]),
             b"POST / HTTP/1.1\r\n\r\n{}",
             300,
@@ -340,7 +345,7 @@ mod tests {
         assert!(
             hints
                 .iter()
-                .any(|h| h.contains("3600s old") && h.contains("--tolerance 3660")),
+                .any(|h| h.contains("3600s ago") && h.contains("--tolerance 3660")),
             "{hints:?}"
         );
         let hints = diagnose(&h, b"{}", 300, 1_700_000_000 - 900);

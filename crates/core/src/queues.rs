@@ -1,0 +1,101 @@
+//! Queue policies: per tenant and queue name, in the `tern_queues` bucket.
+//!
+//! Queues exist implicitly (any valid name works); a policy only changes how their
+//! tasks are retried. The ingress resolves a task's policy from a local mirror of the
+//! bucket, so submitting a task never waits for a policy read.
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures::StreamExt;
+use tern_proto::Message;
+use tern_proto::v1::{QueuePolicy, RetryPolicy};
+use tokio_util::sync::CancellationToken;
+
+use crate::kv_cache::KvCache;
+use crate::task_store::StoreError;
+
+/// The bucket key of a tenant's queue (both are subject tokens, so `.` separates).
+pub fn queue_key(tenant_id: &str, queue: &str) -> String {
+    format!("{tenant_id}.{queue}")
+}
+
+/// Queue policies: the bucket plus a followed local mirror.
+#[derive(Clone)]
+pub struct Queues {
+    store: kv::Store,
+    cache: KvCache<QueuePolicy>,
+}
+
+impl Queues {
+    /// Opens the policies and starts following the bucket.
+    pub fn follow(store: kv::Store, shutdown: CancellationToken) -> Self {
+        let cache = KvCache::follow(store.clone(), shutdown);
+        Self { store, cache }
+    }
+
+    /// The configured policy of a queue, if any.
+    pub fn policy(&self, tenant_id: &str, queue: &str) -> Option<QueuePolicy> {
+        self.cache.get(&queue_key(tenant_id, queue))
+    }
+
+    /// Stores a queue's retry policy, replacing any earlier one.
+    pub async fn put(
+        &self,
+        tenant_id: &str,
+        queue: &str,
+        retry: RetryPolicy,
+    ) -> Result<QueuePolicy, StoreError> {
+        let key = queue_key(tenant_id, queue);
+        let policy = QueuePolicy {
+            retry: Some(retry),
+            updated_at_ms: crate::now_ms(),
+        };
+        self.store
+            .put(&key, Bytes::from(policy.encode_to_vec()))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.cache.insert_local(key, policy.clone());
+        Ok(policy)
+    }
+
+    /// The names of a tenant's configured queues, sorted, read from the bucket itself.
+    pub async fn list(&self, tenant_id: &str) -> Result<Vec<(String, QueuePolicy)>, StoreError> {
+        let prefix = format!("{tenant_id}.");
+        let mut keys = self
+            .store
+            .keys()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            if let Some(name) = key.strip_prefix(&prefix) {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let key = queue_key(tenant_id, &name);
+            if let Some(value) = self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            {
+                let policy = QueuePolicy::decode(value)
+                    .map_err(|e| StoreError::Corrupt(key.clone(), e))?;
+                out.push((name, policy));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_put_the_tenant_first() {
+        assert_eq!(super::queue_key("acme", "orders"), "acme.orders");
+    }
+}

@@ -1,0 +1,345 @@
+//! The admin API, on its own listener with its own token: the dead-letter queue and
+//! disabled endpoints. It is never mounted on the public port.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
+use tern_core::config::Secret;
+use tern_core::dlq::{DeadLetters, DlqError, Filter};
+use tern_core::endpoints::Endpoints;
+use tern_core::task_view::{TaskView, rfc3339};
+use tern_proto::v1::DeadLetter;
+use tern_proto::v1::task::Work;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::ApiError;
+
+/// What admin handlers reach.
+pub struct AdminShared {
+    /// Dead letters.
+    pub dlq: DeadLetters,
+    /// Disabled endpoints.
+    pub endpoints: Endpoints,
+    /// The admin bearer token; none disables the admin API.
+    pub token: Option<Secret<String>>,
+    /// Bulk re-drive rate (tasks per second).
+    pub redrive_rate: u32,
+}
+
+/// Admin handler state.
+pub type AdminState = Arc<AdminShared>;
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/admin/v1/dlq", get(list))
+        .route("/admin/v1/dlq/redrive", post(redrive_bulk))
+        .route("/admin/v1/dlq/{task_id}", get(show).delete(purge))
+        .route("/admin/v1/dlq/{task_id}/redrive", post(redrive_one))
+        .route("/admin/v1/endpoints/enable", post(enable_endpoint))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
+/// Proof that the request carries the admin token.
+struct Admin;
+
+impl FromRequestParts<AdminState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, ApiError> {
+        let Some(expected) = &state.token else {
+            return Err(ApiError::Unauthorized(
+                "the admin API is disabled: set ingress.admin_token",
+            ));
+        };
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or(ApiError::Unauthorized(
+                "missing Authorization header; send Authorization: Bearer <admin token>",
+            ))?;
+        if bool::from(presented.trim().as_bytes().ct_eq(expected.expose().as_bytes())) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized("wrong admin token"))
+        }
+    }
+}
+
+impl From<DlqError> for ApiError {
+    fn from(e: DlqError) -> Self {
+        match e {
+            DlqError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            DlqError::NotDead(..) => ApiError::Conflict(e.to_string()),
+            DlqError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A dead letter as the admin API shows it.
+#[derive(Serialize)]
+struct DeadLetterView {
+    task_id: String,
+    tenant_id: String,
+    queue: String,
+    dead_at: String,
+    reason: String,
+    task: Option<TaskView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<Box<RawValue>>,
+}
+
+fn view(letter: &DeadLetter, with_payload: bool) -> DeadLetterView {
+    let task = letter.task.clone().unwrap_or_default();
+    let payload = with_payload
+        .then(|| match &task.work {
+            Some(Work::Webhook(w)) => String::from_utf8(w.payload_json.clone())
+                .ok()
+                .and_then(|text| RawValue::from_string(text).ok()),
+            None => None,
+        })
+        .flatten();
+    DeadLetterView {
+        task_id: task.id.clone(),
+        tenant_id: task.tenant_id.clone(),
+        queue: task.queue.clone(),
+        dead_at: rfc3339(letter.dead_at_ms),
+        reason: letter.reason.clone(),
+        task: letter.record.as_ref().map(TaskView::from),
+        payload,
+    }
+}
+
+fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| ApiError::BadRequest(format!("{field} must be an RFC 3339 time")))
+}
+
+fn filter_from(
+    tenant: Option<String>,
+    queue: Option<String>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<Filter, ApiError> {
+    Ok(Filter {
+        tenant_id: tenant,
+        queue,
+        since_ms: since.map(|s| parse_time("since", s)).transpose()?,
+        until_ms: until.map(|u| parse_time("until", u)).transpose()?,
+    })
+}
+
+#[derive(Serialize)]
+struct ListResponse {
+    dead_letters: Vec<DeadLetterView>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /admin/v1/dlq?tenant=&queue=&since=&until=&limit=&cursor=`, newest first.
+async fn list(
+    State(state): State<AdminState>,
+    _: Admin,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<ListResponse>, ApiError> {
+    for key in params.keys() {
+        if !["tenant", "queue", "since", "until", "limit", "cursor"].contains(&key.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter {key:?}; use tenant, queue, since, until, limit, cursor"
+            )));
+        }
+    }
+    let limit = match params.get("limit") {
+        None => 50,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::BadRequest("limit must be 1-1000".into()))?,
+    };
+    let cursor = params
+        .get("cursor")
+        .map(|c| c.parse::<u64>())
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("cursor is not one this API returned".into()))?;
+    let filter = filter_from(
+        params.get("tenant").cloned(),
+        params.get("queue").cloned(),
+        params.get("since").map(String::as_str),
+        params.get("until").map(String::as_str),
+    )?;
+    let page = state.dlq.list(&filter, cursor, limit).await?;
+    Ok(Json(ListResponse {
+        dead_letters: page.letters.iter().map(|l| view(l, false)).collect(),
+        next_cursor: page.next_cursor.map(|c| c.to_string()),
+    }))
+}
+
+/// `GET /admin/v1/dlq/{task_id}`: the dead letter with its history and payload.
+async fn show(
+    State(state): State<AdminState>,
+    _: Admin,
+    Path(task_id): Path<String>,
+) -> Result<Json<DeadLetterView>, ApiError> {
+    check_task_id(&task_id)?;
+    let letter = state.dlq.get(&task_id).await?;
+    Ok(Json(view(&letter, true)))
+}
+
+fn check_task_id(task_id: &str) -> Result<(), ApiError> {
+    uuid::Uuid::try_parse(task_id)
+        .map(|_| ())
+        .map_err(|_| ApiError::NotFound(format!("no dead letter for task {task_id:?}")))
+}
+
+#[derive(Serialize)]
+struct TaskState {
+    task_id: String,
+    status: &'static str,
+}
+
+/// `POST /admin/v1/dlq/{task_id}/redrive`
+async fn redrive_one(
+    State(state): State<AdminState>,
+    _: Admin,
+    Path(task_id): Path<String>,
+) -> Result<Json<TaskState>, ApiError> {
+    check_task_id(&task_id)?;
+    state.dlq.redrive(&task_id).await?;
+    Ok(Json(TaskState {
+        task_id,
+        status: "queued",
+    }))
+}
+
+/// `DELETE /admin/v1/dlq/{task_id}`
+async fn purge(
+    State(state): State<AdminState>,
+    _: Admin,
+    Path(task_id): Path<String>,
+) -> Result<Json<TaskState>, ApiError> {
+    check_task_id(&task_id)?;
+    state.dlq.purge(&task_id).await?;
+    Ok(Json(TaskState {
+        task_id,
+        status: "dead",
+    }))
+}
+
+/// Body of the bulk re-drive.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BulkRedrive {
+    tenant_id: Option<String>,
+    queue: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct BulkResult {
+    matched: usize,
+    redriven: usize,
+    failed: usize,
+}
+
+/// `POST /admin/v1/dlq/redrive`: re-drives every match (up to `limit`) at a bounded rate.
+async fn redrive_bulk(
+    State(state): State<AdminState>,
+    _: Admin,
+    body: crate::body::AnyJson<BulkRedrive>,
+) -> Result<Json<BulkResult>, ApiError> {
+    let request = body.0;
+    let limit = request.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::Validation("limit must be 1-10000".into()));
+    }
+    let filter = filter_from(
+        request.tenant_id,
+        request.queue,
+        request.since.as_deref(),
+        request.until.as_deref(),
+    )?;
+    let mut matched = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = state.dlq.list(&filter, cursor, limit - matched.len()).await?;
+        matched.extend(page.letters.into_iter().filter_map(|l| l.task.map(|t| t.id)));
+        match page.next_cursor {
+            Some(next) if matched.len() < limit => cursor = Some(next),
+            _ => break,
+        }
+    }
+    let mut ticker =
+        tokio::time::interval(Duration::from_secs(1) / state.redrive_rate.max(1));
+    let (mut redriven, mut failed) = (0, 0);
+    for task_id in &matched {
+        ticker.tick().await;
+        match state.dlq.redrive(task_id).await {
+            Ok(()) => redriven += 1,
+            Err(e) => {
+                tracing::warn!(task_id, error = %e, "bulk re-drive skipped a task");
+                failed += 1;
+            }
+        }
+    }
+    Ok(Json(BulkResult {
+        matched: matched.len(),
+        redriven,
+        failed,
+    }))
+}
+
+/// Body of `POST /admin/v1/endpoints/enable`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnableEndpoint {
+    tenant_id: String,
+    url: String,
+}
+
+#[derive(Serialize)]
+struct Enabled {
+    tenant_id: String,
+    url: String,
+    enabled: bool,
+}
+
+/// `POST /admin/v1/endpoints/enable`: lets deliveries to a 410'd endpoint resume.
+async fn enable_endpoint(
+    State(state): State<AdminState>,
+    _: Admin,
+    body: crate::body::AnyJson<EnableEndpoint>,
+) -> Result<Json<Enabled>, ApiError> {
+    let request = body.0;
+    let existed = state
+        .endpoints
+        .enable(&request.tenant_id, &request.url)
+        .await?;
+    if !existed {
+        return Err(ApiError::NotFound(format!(
+            "endpoint {} of tenant {} is not disabled",
+            request.url, request.tenant_id
+        )));
+    }
+    Ok(Json(Enabled {
+        tenant_id: request.tenant_id,
+        url: request.url,
+        enabled: true,
+    }))
+}
