@@ -9,7 +9,7 @@ CARGO ?= cargo
 # Extra arguments for tern-bench, e.g. make bench BENCH_ARGS='--tasks 100000 --concurrency 256'
 BENCH_ARGS ?=
 
-.PHONY: help tools build run test bench fmt lint clean distclean
+.PHONY: help tools build run test bench deploy-check fmt lint clean distclean
 
 help: ## List the targets
 	@echo "Tern developer tasks:"
@@ -40,6 +40,9 @@ test: ## Run every test (unit, integration against real nats-server, doc tests)
 
 bench: ## Start the system in the background, run tern-bench with BENCH_ARGS, stop it
 	@scripts/bench.sh $(BENCH_ARGS)
+
+deploy-check: ## Render, validate and lint the Kubernetes manifests and Dockerfile (offline)
+	@deploy/check.sh
 
 fmt: ## Format all Rust code
 	$(CARGO) fmt --all

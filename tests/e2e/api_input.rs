@@ -62,33 +62,100 @@ async fn bad_requests_get_clear_json_errors_and_leave_nothing_behind() {
         },
         case("JSON array", json!([1, 2]), 422, "validation_failed"),
         case("missing queue", without("queue"), 422, "validation_failed"),
-        case("missing webhook_url", without("webhook_url"), 422, "validation_failed"),
-        case("missing payload", without("payload"), 422, "validation_failed"),
-        case("queue not a string", with("queue", json!(5)), 422, "validation_failed"),
-        case("queue with dots", with("queue", json!("a.b")), 422, "validation_failed"),
-        case("queue with space", with("queue", json!("a b")), 422, "validation_failed"),
-        case("queue with wildcard", with("queue", json!("a*")), 422, "validation_failed"),
-        case("empty queue", with("queue", json!("")), 422, "validation_failed"),
-        case("queue too long", with("queue", json!("q".repeat(65))), 422, "validation_failed"),
-        case("ftp URL", with("webhook_url", json!("ftp://example.com/x")), 422, "validation_failed"),
-        case("relative URL", with("webhook_url", json!("/hook")), 422, "validation_failed"),
-        case("javascript URL", with("webhook_url", json!("javascript:alert(1)")), 422, "validation_failed"),
+        case(
+            "missing webhook_url",
+            without("webhook_url"),
+            422,
+            "validation_failed",
+        ),
+        case(
+            "missing payload",
+            without("payload"),
+            422,
+            "validation_failed",
+        ),
+        case(
+            "queue not a string",
+            with("queue", json!(5)),
+            422,
+            "validation_failed",
+        ),
+        case(
+            "queue with dots",
+            with("queue", json!("a.b")),
+            422,
+            "validation_failed",
+        ),
+        case(
+            "queue with space",
+            with("queue", json!("a b")),
+            422,
+            "validation_failed",
+        ),
+        case(
+            "queue with wildcard",
+            with("queue", json!("a*")),
+            422,
+            "validation_failed",
+        ),
+        case(
+            "empty queue",
+            with("queue", json!("")),
+            422,
+            "validation_failed",
+        ),
+        case(
+            "queue too long",
+            with("queue", json!("q".repeat(65))),
+            422,
+            "validation_failed",
+        ),
+        case(
+            "ftp URL",
+            with("webhook_url", json!("ftp://example.com/x")),
+            422,
+            "validation_failed",
+        ),
+        case(
+            "relative URL",
+            with("webhook_url", json!("/hook")),
+            422,
+            "validation_failed",
+        ),
+        case(
+            "javascript URL",
+            with("webhook_url", json!("javascript:alert(1)")),
+            422,
+            "validation_failed",
+        ),
         case(
             "over-long URL",
-            with("webhook_url", json!(format!("http://example.com/{}", "a".repeat(3000)))),
+            with(
+                "webhook_url",
+                json!(format!("http://example.com/{}", "a".repeat(3000))),
+            ),
             422,
             "validation_failed",
         ),
         case(
             "metadata address",
-            with("webhook_url", json!("http://169.254.169.254/latest/meta-data")),
+            with(
+                "webhook_url",
+                json!("http://169.254.169.254/latest/meta-data"),
+            ),
             422,
             "validation_failed",
         ),
-        case("unknown field", with("surprise", json!(1)), 422, "validation_failed"),
+        case(
+            "unknown field",
+            with("surprise", json!(1)),
+            422,
+            "validation_failed",
+        ),
         Case {
             name: "body over 1 MiB",
-            body: serde_json::to_vec(&with("payload", json!("x".repeat(1024 * 1024 + 10)))).unwrap(),
+            body: serde_json::to_vec(&with("payload", json!("x".repeat(1024 * 1024 + 10))))
+                .unwrap(),
             ..case("", json!(null), 413, "payload_too_large")
         },
         Case {
@@ -138,10 +205,16 @@ async fn bad_requests_get_clear_json_errors_and_leave_nothing_behind() {
             .to_string();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert_eq!(status, c.status, "{}: {body}", c.name);
-        assert!(content_type.starts_with("application/json"), "{}: {content_type}", c.name);
+        assert!(
+            content_type.starts_with("application/json"),
+            "{}: {content_type}",
+            c.name
+        );
         assert_eq!(body["error"]["code"], c.code, "{}: {body}", c.name);
         assert!(
-            body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{}: {body}",
             c.name
         );
@@ -149,12 +222,54 @@ async fn bad_requests_get_clear_json_errors_and_leave_nothing_behind() {
 
     // Other endpoints and methods answer JSON errors too.
     let checks = [
-        (system.client().get(format!("{}/v1/tasks/not-a-uuid", system.api_url)).bearer_auth(ACME.api_key), 404),
-        (system.client().get(format!("{}/v1/tasks/{}", system.api_url, uuid::Uuid::now_v7())).bearer_auth(ACME.api_key), 404),
-        (system.client().get(format!("{}/v1/tasks/{}", system.api_url, uuid::Uuid::now_v7())), 401),
-        (system.client().get(format!("{}/v1/nothing", system.api_url)), 404),
-        (system.client().delete(format!("{}/v1/tasks", system.api_url)), 405),
-        (system.client().post(format!("{}/v1/tasks", system.api_url)).bearer_auth(ACME.api_key).header("content-type", "application/json").header("idempotency-key", "has space").body(serde_json::to_vec(&good).unwrap()), 400),
+        (
+            system
+                .client()
+                .get(format!("{}/v1/tasks/not-a-uuid", system.api_url))
+                .bearer_auth(ACME.api_key),
+            404,
+        ),
+        (
+            system
+                .client()
+                .get(format!(
+                    "{}/v1/tasks/{}",
+                    system.api_url,
+                    uuid::Uuid::now_v7()
+                ))
+                .bearer_auth(ACME.api_key),
+            404,
+        ),
+        (
+            system.client().get(format!(
+                "{}/v1/tasks/{}",
+                system.api_url,
+                uuid::Uuid::now_v7()
+            )),
+            401,
+        ),
+        (
+            system
+                .client()
+                .get(format!("{}/v1/nothing", system.api_url)),
+            404,
+        ),
+        (
+            system
+                .client()
+                .delete(format!("{}/v1/tasks", system.api_url)),
+            405,
+        ),
+        (
+            system
+                .client()
+                .post(format!("{}/v1/tasks", system.api_url))
+                .bearer_auth(ACME.api_key)
+                .header("content-type", "application/json")
+                .header("idempotency-key", "has space")
+                .body(serde_json::to_vec(&good).unwrap()),
+            400,
+        ),
     ];
     for (request, expected) in checks {
         let response = request.send().await.unwrap();
@@ -166,13 +281,26 @@ async fn bad_requests_get_clear_json_errors_and_leave_nothing_behind() {
     // Nothing was stored: no task records, no messages on any stream.
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let tasks = js.get_key_value(tern_core::topology::TASKS_BUCKET).await.unwrap();
+    let tasks = js
+        .get_key_value(tern_core::topology::TASKS_BUCKET)
+        .await
+        .unwrap();
     let keys: Vec<_> = tasks.keys().await.unwrap().collect().await;
-    assert!(keys.is_empty(), "rejected requests left task records: {keys:?}");
-    for name in [tern_core::topology::INTAKE_STREAM, tern_core::topology::READY_STREAM] {
+    assert!(
+        keys.is_empty(),
+        "rejected requests left task records: {keys:?}"
+    );
+    for name in [
+        tern_core::topology::INTAKE_STREAM,
+        tern_core::topology::READY_STREAM,
+    ] {
         let mut stream = js.get_stream(name).await.unwrap();
         assert_eq!(stream.info().await.unwrap().state.messages, 0, "{name}");
-        assert_eq!(stream.info().await.unwrap().state.last_sequence, 0, "{name}");
+        assert_eq!(
+            stream.info().await.unwrap().state.last_sequence,
+            0,
+            "{name}"
+        );
     }
     assert_eq!(receiver.count(), 0);
     system.stop().await;

@@ -50,8 +50,14 @@ async fn same_key_same_body_replays_and_different_body_conflicts() {
     let id = first["task_id"].as_str().unwrap();
     system.wait_for_status(ACME.api_key, id, "succeeded").await;
     let theirs_id = theirs["task_id"].as_str().unwrap();
-    system.wait_for_status(GLOBEX.api_key, theirs_id, "succeeded").await;
-    assert_eq!(receiver.count(), 2, "one delivery per task, none for the replay");
+    system
+        .wait_for_status(GLOBEX.api_key, theirs_id, "succeeded")
+        .await;
+    assert_eq!(
+        receiver.count(),
+        2,
+        "one delivery per task, none for the replay"
+    );
     system.stop().await;
 }
 
@@ -74,14 +80,21 @@ async fn fifty_concurrent_identical_requests_create_one_task() {
         })
         .collect();
     assert_eq!(ids.len(), 1, "all 50 answers name the same task");
-    assert_eq!(results.iter().filter(|(_, replayed, _)| !replayed).count(), 1);
+    assert_eq!(
+        results.iter().filter(|(_, replayed, _)| !replayed).count(),
+        1
+    );
 
     let id = ids.into_iter().next().unwrap();
     system.wait_for_status(ACME.api_key, &id, "succeeded").await;
     // Another task after it proves the worker moved past anything that could duplicate.
     let (_, _, later) = post(&system, ACME.api_key, "after", &body).await;
     system
-        .wait_for_status(ACME.api_key, later["task_id"].as_str().unwrap(), "succeeded")
+        .wait_for_status(
+            ACME.api_key,
+            later["task_id"].as_str().unwrap(),
+            "succeeded",
+        )
         .await;
     assert_eq!(receiver.count(), 2);
     system.stop().await;

@@ -24,7 +24,10 @@ async fn concurrent_updates_are_all_applied_once() {
         ..Default::default()
     };
     let revision = store.create(&initial_record(&task)).await.unwrap();
-    assert!(store.create(&initial_record(&task)).await.is_err(), "create is create-if-absent");
+    assert!(
+        store.create(&initial_record(&task)).await.is_err(),
+        "create is create-if-absent"
+    );
 
     // 20 writers each append one attempt, all starting from the same stale revision.
     let writers = (0..20u32).map(|n| {
@@ -48,7 +51,11 @@ async fn concurrent_updates_are_all_applied_once() {
     let (record, _) = store.get(&task.id).await.unwrap().unwrap();
     let mut numbers: Vec<u32> = record.attempts.iter().map(|a| a.number).collect();
     numbers.sort();
-    assert_eq!(numbers, (0..20).collect::<Vec<_>>(), "no update lost, none doubled");
+    assert_eq!(
+        numbers,
+        (0..20).collect::<Vec<_>>(),
+        "no update lost, none doubled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +90,10 @@ async fn a_stale_writer_cannot_move_a_finished_task_back() {
         .unwrap();
     assert!(matches!(stale, Updated::Declined(ref r, _) if r.status() == TaskStatus::Succeeded));
     assert!(matches!(
-        store.update("no-such-task", None, |_| Change::Write).await.unwrap(),
+        store
+            .update("no-such-task", None, |_| Change::Write)
+            .await
+            .unwrap(),
         Updated::Missing
     ));
 }

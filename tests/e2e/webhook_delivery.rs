@@ -36,7 +36,9 @@ async fn submitted_task_is_delivered_once_signed_and_reported() {
     let uuid = uuid::Uuid::parse_str(&task_id).unwrap();
     assert_eq!(uuid.get_version_num(), 7, "task ids are UUIDv7");
 
-    let done = system.wait_for_status(ACME.api_key, &task_id, "succeeded").await;
+    let done = system
+        .wait_for_status(ACME.api_key, &task_id, "succeeded")
+        .await;
     assert_eq!(done["queue"], "orders");
     assert_eq!(done["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(done["attempts"][0]["number"], 1);
@@ -159,7 +161,9 @@ async fn failing_receiver_is_retried_with_a_stable_webhook_id() {
         .as_str()
         .unwrap()
         .to_string();
-    let done = system.wait_for_status(ACME.api_key, &task_id, "succeeded").await;
+    let done = system
+        .wait_for_status(ACME.api_key, &task_id, "succeeded")
+        .await;
     let attempts = done["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 3);
     assert_eq!(attempts[0]["status_code"], 500);
@@ -197,7 +201,10 @@ async fn exhausted_task_is_dead_lettered_with_its_history() {
 
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream(tern_core::topology::DLQ_STREAM).await.unwrap();
+    let stream = js
+        .get_stream(tern_core::topology::DLQ_STREAM)
+        .await
+        .unwrap();
     let subject = tern_core::topology::dlq_subject(ACME.id, "q", &task_id);
     let message = wait_until("dead letter", Duration::from_secs(10), || {
         let stream = stream.clone();

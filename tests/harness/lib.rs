@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use nats::NatsServer;
 pub use receiver::{Received, Receiver};
-pub use system::{TernSystem, Tenant};
+pub use system::{Tenant, TernSystem};
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

@@ -66,14 +66,18 @@ impl NatsServer {
             });
         self.child = Some(child);
         let url = self.url();
-        crate::wait_until("nats-server to accept JetStream requests", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move {
-                let client = async_nats::connect(&url).await.ok()?;
-                let js = async_nats::jetstream::new(client);
-                js.query_account().await.ok().map(|_| ())
-            }
-        })
+        crate::wait_until(
+            "nats-server to accept JetStream requests",
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move {
+                    let client = async_nats::connect(&url).await.ok()?;
+                    let js = async_nats::jetstream::new(client);
+                    js.query_account().await.ok().map(|_| ())
+                }
+            },
+        )
         .await;
     }
 

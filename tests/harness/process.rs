@@ -169,10 +169,10 @@ impl Processes {
         let url = format!("http://127.0.0.1:{ops_port}/readyz");
         let ready = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
-                if let Ok(r) = client.get(&url).send().await {
-                    if r.status().is_success() {
-                        return;
-                    }
+                if let Ok(r) = client.get(&url).send().await
+                    && r.status().is_success()
+                {
+                    return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

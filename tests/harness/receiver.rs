@@ -8,6 +8,9 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// One request as the receiver saw it.
@@ -35,11 +38,14 @@ impl Received {
     }
 }
 
-type Respond = dyn Fn(&Received, usize) -> StatusCode + Send + Sync;
+type Respond = dyn Fn(&Received, usize) -> Response + Send + Sync;
 
 struct Shared {
     requests: Mutex<Vec<Received>>,
     respond: Box<Respond>,
+    delay: Duration,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 /// A running receiver; stops when dropped.
@@ -59,9 +65,25 @@ impl Receiver {
     pub async fn start_with(
         respond: impl Fn(&Received, usize) -> StatusCode + Send + Sync + 'static,
     ) -> Self {
+        Self::start_full(Duration::ZERO, move |r, i| respond(r, i).into_response()).await
+    }
+
+    /// A receiver that holds every request for `delay`, then answers 200.
+    pub async fn start_slow(delay: Duration) -> Self {
+        Self::start_full(delay, |_, _| StatusCode::OK.into_response()).await
+    }
+
+    /// A receiver that waits `delay`, then answers with a full response.
+    pub async fn start_full(
+        delay: Duration,
+        respond: impl Fn(&Received, usize) -> Response + Send + Sync + 'static,
+    ) -> Self {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
             respond: Box::new(respond),
+            delay,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -92,6 +114,24 @@ impl Receiver {
     pub fn count(&self) -> usize {
         self.shared.requests.lock().expect("lock").len()
     }
+
+    /// Requests being held right now (slow receivers).
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests held at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The distinct `webhook-id`s received.
+    pub fn distinct_ids(&self) -> std::collections::HashSet<String> {
+        self.requests()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_string))
+            .collect()
+    }
 }
 
 impl Drop for Receiver {
@@ -105,7 +145,7 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> Response {
     let received = Received {
         path: uri.path().to_string(),
         headers,
@@ -117,5 +157,19 @@ async fn record(
         requests.push(received.clone());
         requests.len() - 1
     };
+    if !shared.delay.is_zero() {
+        // The caller may give up (timeout) and drop this future mid-sleep: count the
+        // request out in a guard so in_flight stays right either way.
+        struct Holding<'a>(&'a AtomicUsize);
+        impl Drop for Holding<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let _holding = Holding(&shared.in_flight);
+        tokio::time::sleep(shared.delay).await;
+    }
     (shared.respond)(&received, index)
 }

@@ -209,7 +209,14 @@ impl TernSystem {
 
     /// Starts (again) a delivery worker.
     pub async fn start_worker(&mut self) {
-        let worker = tern_delivery_worker::Worker::bind(self.config.clone())
+        self.start_worker_with(|_| {}).await;
+    }
+
+    /// Starts a delivery worker whose configuration `tweak` changed.
+    pub async fn start_worker_with(&mut self, tweak: impl FnOnce(&mut Config)) {
+        let mut config = self.config.clone();
+        tweak(&mut config);
+        let worker = tern_delivery_worker::Worker::bind(config)
             .await
             .expect("bind worker");
         let ops = worker.ops_addr().expect("worker ops addr");
@@ -277,7 +284,12 @@ impl TernSystem {
     }
 
     /// An admin API call: status code and JSON body.
-    pub async fn admin(&self, method: http::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+    pub async fn admin(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.admin_url))

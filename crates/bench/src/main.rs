@@ -136,7 +136,11 @@ async fn main() -> anyhow::Result<()> {
                             .ok()
                             .and_then(|v| v["task_id"].as_str().map(str::to_string))
                             .ok_or_else(|| "202 without task_id".to_string()),
-                        Ok(r) => Err(format!("HTTP {}: {}", r.status(), r.text().await.unwrap_or_default())),
+                        Ok(r) => Err(format!(
+                            "HTTP {}: {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
                         Err(e) => Err(e.to_string()),
                     };
                     let mut s = submitted.lock().await;
@@ -199,7 +203,14 @@ async fn main() -> anyhow::Result<()> {
             for n in seen.attempts.values() {
                 *histogram.entry(*n).or_default() += 1;
             }
-            (latencies, lost, seen.duplicates, last, histogram, seen.failed)
+            (
+                latencies,
+                lost,
+                seen.duplicates,
+                last,
+                histogram,
+                seen.failed,
+            )
         });
     let mut accept_latencies = s.accept_latencies.clone();
     let accept = summarize(&mut accept_latencies);

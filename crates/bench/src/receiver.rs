@@ -79,10 +79,11 @@ async fn receive(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
         seen.failed += 1;
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
-    if seen.first.contains_key(&id) {
-        seen.duplicates += 1;
-    } else {
-        seen.first.insert(id, now);
+    match seen.first.entry(id) {
+        std::collections::hash_map::Entry::Occupied(_) => seen.duplicates += 1,
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(now);
+        }
     }
     StatusCode::OK
 }

@@ -451,7 +451,10 @@ mod tests {
     fn printing_redacts_secrets() {
         let config = Config::from_toml(SAMPLE).unwrap();
         for printed in [config.redacted(), format!("{config:?}")] {
-            assert!(!printed.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "{printed}");
+            assert!(
+                !printed.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                "{printed}"
+            );
             assert!(!printed.contains("nats-token-value"), "{printed}");
             assert!(printed.contains("<redacted>"));
         }

@@ -123,7 +123,9 @@ impl DeadLetters {
     ) -> Result<Page, DlqError> {
         let mut stream = self.stream().await?;
         let state = stream.info().await.map_err(unavailable)?.state.clone();
-        let mut seq = cursor.unwrap_or(state.last_sequence).min(state.last_sequence);
+        let mut seq = cursor
+            .unwrap_or(state.last_sequence)
+            .min(state.last_sequence);
         let mut letters = Vec::new();
         let mut examined = 0;
         while seq >= state.first_sequence.max(1) && letters.len() < limit {
@@ -145,7 +147,10 @@ impl DeadLetters {
             let Ok(letter) = DeadLetter::decode(message.payload) else {
                 continue;
             };
-            if filter.since_ms.is_some_and(|since| letter.dead_at_ms < since) {
+            if filter
+                .since_ms
+                .is_some_and(|since| letter.dead_at_ms < since)
+            {
                 // Sequences are in time order: nothing older can match.
                 seq = 0;
                 break;
@@ -224,7 +229,9 @@ impl DeadLetters {
                     Change::Write
                 })
                 .await;
-            return Err(DlqError::Unavailable(format!("re-drive publish failed: {e}")));
+            return Err(DlqError::Unavailable(format!(
+                "re-drive publish failed: {e}"
+            )));
         }
         // The task is live again; its dead letter no longer describes it.
         let subject = dlq_subject(&task.tenant_id, &task.queue, task_id);

@@ -91,8 +91,14 @@ mod tests {
 
     #[test]
     fn keys_separate_tenants_and_urls() {
-        assert_ne!(endpoint_key("a", "http://x/"), endpoint_key("b", "http://x/"));
-        assert_ne!(endpoint_key("a", "http://x/1"), endpoint_key("a", "http://x/2"));
+        assert_ne!(
+            endpoint_key("a", "http://x/"),
+            endpoint_key("b", "http://x/")
+        );
+        assert_ne!(
+            endpoint_key("a", "http://x/1"),
+            endpoint_key("a", "http://x/2")
+        );
         assert_eq!(endpoint_key("a", "u").len(), 64);
     }
 }

@@ -94,7 +94,11 @@ impl IdempotencyStore {
             completed: false,
             created_at_ms: crate::now_ms(),
         };
-        match self.kv.create(key, Bytes::from(record.encode_to_vec())).await {
+        match self
+            .kv
+            .create(key, Bytes::from(record.encode_to_vec()))
+            .await
+        {
             Ok(revision) => return Ok(Claim::New { revision }),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(unavailable(e)),
@@ -198,8 +202,14 @@ mod tests {
 
     #[test]
     fn fingerprint_separates_fields() {
-        assert_ne!(fingerprint("POST", "/a", b"b"), fingerprint("POST", "/ab", b""));
-        assert_eq!(fingerprint("POST", "/a", b"x"), fingerprint("POST", "/a", b"x"));
+        assert_ne!(
+            fingerprint("POST", "/a", b"b"),
+            fingerprint("POST", "/ab", b"")
+        );
+        assert_eq!(
+            fingerprint("POST", "/a", b"x"),
+            fingerprint("POST", "/a", b"x")
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub const MAX_DELAY: (Duration, Duration) = (Duration::ZERO, Duration::from_secs
 /// Bounds of the per-attempt timeout.
 pub const TIMEOUT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
 /// Bounds of the overall deadline.
-pub const MAX_AGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(365 * 86_400));
+pub const MAX_AGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(365 * 86_400));
 
 /// A value out of range, naming the field (answered as 422).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +70,12 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn check(field: &str, prefix: &str, value: Duration, (low, high): (Duration, Duration)) -> Result<(), PolicyError> {
+fn check(
+    field: &str,
+    prefix: &str,
+    value: Duration,
+    (low, high): (Duration, Duration),
+) -> Result<(), PolicyError> {
     if value < low || value > high {
         return Err(PolicyError {
             field: format!("{prefix}{field}"),
@@ -87,13 +93,13 @@ fn check(field: &str, prefix: &str, value: Duration, (low, high): (Duration, Dur
 impl RetryOverrides {
     /// Checks each present field's range; `prefix` names the enclosing object.
     pub fn validate(&self, prefix: &str) -> Result<(), PolicyError> {
-        if let Some(n) = self.max_retries {
-            if n > MAX_RETRIES {
-                return Err(PolicyError {
-                    field: format!("{prefix}max_retries"),
-                    message: format!("must be between 0 and {MAX_RETRIES}, got {n}"),
-                });
-            }
+        if let Some(n) = self.max_retries
+            && n > MAX_RETRIES
+        {
+            return Err(PolicyError {
+                field: format!("{prefix}max_retries"),
+                message: format!("must be between 0 and {MAX_RETRIES}, got {n}"),
+            });
         }
         if let Some(d) = self.initial_delay {
             check("initial_delay", prefix, d.get(), INITIAL_DELAY)?;
@@ -107,13 +113,13 @@ impl RetryOverrides {
         if let Some(d) = self.max_age {
             check("max_age", prefix, d.get(), MAX_AGE)?;
         }
-        if let (Some(initial), Some(max)) = (self.initial_delay, self.max_delay) {
-            if max < initial {
-                return Err(PolicyError {
-                    field: format!("{prefix}max_delay"),
-                    message: format!("must not be less than initial_delay ({initial})"),
-                });
-            }
+        if let (Some(initial), Some(max)) = (self.initial_delay, self.max_delay)
+            && max < initial
+        {
+            return Err(PolicyError {
+                field: format!("{prefix}max_delay"),
+                message: format!("must not be less than initial_delay ({initial})"),
+            });
         }
         Ok(())
     }
@@ -226,20 +232,31 @@ mod tests {
         assert_eq!(policy.backoff(), Backoff::Fixed);
         assert_eq!(policy.initial_delay_ms, 2000);
         assert_eq!(policy.max_age_ms, 3_600_000);
-        assert_eq!(policy.timeout_ms, 30_000, "untouched fields keep the default");
+        assert_eq!(
+            policy.timeout_ms, 30_000,
+            "untouched fields keep the default"
+        );
     }
 
     #[test]
     fn out_of_range_values_name_their_field() {
         let err = parse(r#"{"max_retries": 101}"#).validate("").unwrap_err();
         assert_eq!(err.field, "max_retries");
-        let err = parse(r#"{"timeout": "2h"}"#).validate("retry.").unwrap_err();
+        let err = parse(r#"{"timeout": "2h"}"#)
+            .validate("retry.")
+            .unwrap_err();
         assert_eq!(err.field, "retry.timeout");
         let err = parse(r#"{"max_age": "400d"}"#).validate("").unwrap_err();
         assert_eq!(err.field, "max_age");
-        let err = parse(r#"{"initial_delay": "10s", "max_delay": "1s"}"#).validate("").unwrap_err();
+        let err = parse(r#"{"initial_delay": "10s", "max_delay": "1s"}"#)
+            .validate("")
+            .unwrap_err();
         assert_eq!(err.field, "max_delay");
-        assert!(parse(r#"{"max_retries": 0, "timeout": "500ms"}"#).validate("").is_ok());
+        assert!(
+            parse(r#"{"max_retries": 0, "timeout": "500ms"}"#)
+                .validate("")
+                .is_ok()
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Queues {
             .put(&key, Bytes::from(policy.encode_to_vec()))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        self.cache.insert_local(key, policy.clone());
+        self.cache.insert_local(key, policy);
         Ok(policy)
     }
 
@@ -83,8 +83,8 @@ impl Queues {
                 .await
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?
             {
-                let policy = QueuePolicy::decode(value)
-                    .map_err(|e| StoreError::Corrupt(key.clone(), e))?;
+                let policy =
+                    QueuePolicy::decode(value).map_err(|e| StoreError::Corrupt(key.clone(), e))?;
                 out.push((name, policy));
             }
         }

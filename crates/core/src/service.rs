@@ -79,9 +79,7 @@ pub fn config_path_from_args() -> Result<Option<PathBuf>, String> {
     match args.as_slice() {
         [] => Ok(std::env::var_os("TERN_CONFIG").map(PathBuf::from)),
         [flag, path] if flag == "--config" || flag == "-c" => Ok(Some(PathBuf::from(path))),
-        [arg] if arg.starts_with("--config=") => {
-            Ok(Some(PathBuf::from(&arg["--config=".len()..])))
-        }
+        [arg] if arg.starts_with("--config=") => Ok(Some(PathBuf::from(&arg["--config=".len()..]))),
         [arg] if arg == "--help" || arg == "-h" => Err("usage: <binary> [--config <file.toml>]\n\
              Configuration: the TOML file plus TERN_<SECTION>__<KEY> environment overrides."
             .to_string()),
@@ -102,9 +100,9 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let config = match config_path_from_args().and_then(|path| {
-        Config::load(path.as_deref()).map_err(|e| e.to_string())
-    }) {
+    let config = match config_path_from_args()
+        .and_then(|path| Config::load(path.as_deref()).map_err(|e| e.to_string()))
+    {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{name}: {e}");

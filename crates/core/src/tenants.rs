@@ -96,9 +96,7 @@ mod tests {
             id: id.into(),
             tier: Tier::Developer,
             api_key_hashes: vec![hash_api_key(key)],
-            signing_secrets: vec![Secret::new(
-                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            )],
+            signing_secrets: vec![Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into())],
         }
     }
 

@@ -112,7 +112,9 @@ pub struct TopologyError {
     source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-fn err<E: std::error::Error + Send + Sync + 'static>(what: &str) -> impl FnOnce(E) -> TopologyError {
+fn err<E: std::error::Error + Send + Sync + 'static>(
+    what: &str,
+) -> impl FnOnce(E) -> TopologyError {
     let what = what.to_string();
     move |source| TopologyError {
         what,
@@ -173,8 +175,8 @@ impl Topology {
             pull(WORKER_CONSUMER, config.worker.ack_wait.get(), 50_000),
             READY_STREAM,
         )
-            .await
-            .map_err(err("create consumer delivery"))?;
+        .await
+        .map_err(err("create consumer delivery"))?;
 
         let bucket = |name: &str, max_age: Duration| kv::Config {
             bucket: name.to_string(),

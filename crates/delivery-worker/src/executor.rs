@@ -98,8 +98,12 @@ impl Executor {
         }
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(job.content_type));
-        if let Err(e) = signer.apply(&mut headers, &job.message_id, started_at_ms / 1000, &job.body)
-        {
+        if let Err(e) = signer.apply(
+            &mut headers,
+            &job.message_id,
+            started_at_ms / 1000,
+            &job.body,
+        ) {
             return refuse(FailureKind::Other, e.to_string());
         }
         let sent = self

@@ -147,8 +147,14 @@ async fn consume(
     drop(messages);
     let all = concurrency as u32;
     let grace = config.worker.shutdown_grace.get();
-    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
-        tracing::warn!(?grace, "grace period over; handing in-flight deliveries back");
+    if tokio::time::timeout(grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "grace period over; handing in-flight deliveries back"
+        );
         abort.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(all)).await;
     }

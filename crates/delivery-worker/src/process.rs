@@ -13,11 +13,9 @@ use tern_core::endpoints::Endpoints;
 use tern_core::task_store::{Change, TaskStore, Updated, initial_record, is_terminal};
 use tern_core::tenants::Tenants;
 use tern_core::topology::dlq_subject;
-use tern_proto::Message;
-use tern_proto::v1::{
-    Attempt, AttemptError, DeadLetter, Task, TaskRecord, TaskResult, TaskStatus,
-};
 use tern_core::url_guard::FailureKind;
+use tern_proto::Message;
+use tern_proto::v1::{Attempt, AttemptError, DeadLetter, Task, TaskRecord, TaskResult, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{AttemptOutcome, AttemptResult, Executor};
@@ -72,7 +70,9 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
         }
         Err(e) => {
             tracing::warn!(task_id = %task.id, error = %e, "could not claim task; retrying soon");
-            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
             return;
         }
     };
@@ -103,7 +103,7 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
     };
 
     let verdict = verdict_of(&outcome);
-    let policy = task.retry.clone().unwrap_or_default();
+    let policy = task.retry.unwrap_or_default();
     let now = tern_core::now_ms();
     let budget_started = if record.budget_started_at_ms > 0 {
         record.budget_started_at_ms
@@ -151,7 +151,9 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
                     .await
             {
                 tracing::warn!(task_id = %task.id, error = %e, "could not disable endpoint; retrying soon");
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
                 return;
             }
             let written = finish(&ctx, &task.id, (record, revision), |r| {
@@ -170,7 +172,9 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
             dead_record.last_error = reason.clone();
             if let Err(e) = publish_dead_letter(&ctx, &task, dead_record, &reason).await {
                 tracing::warn!(task_id = %task.id, error = %e, "could not dead-letter; retrying soon");
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
                 return;
             }
             let written = finish(&ctx, &task.id, (record, revision), |r| {
@@ -324,11 +328,13 @@ fn attempt_record(number: u32, outcome: &AttemptOutcome) -> Attempt {
             status,
             body_excerpt,
             ..
-        } => (u32::from(*status), AttemptError::Unspecified, body_excerpt.clone()),
+        } => (
+            u32::from(*status),
+            AttemptError::Unspecified,
+            body_excerpt.clone(),
+        ),
         AttemptResult::Failed { kind, message } => (0, attempt_error(*kind), message.clone()),
-        AttemptResult::Disabled { message } => {
-            (0, AttemptError::EndpointDisabled, message.clone())
-        }
+        AttemptResult::Disabled { message } => (0, AttemptError::EndpointDisabled, message.clone()),
     };
     Attempt {
         number,

@@ -141,9 +141,23 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_but_capped() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let step = decide(&policy(), 1, 0, 0, &failed(Some(Duration::from_secs(5))), &mut rng);
+        let step = decide(
+            &policy(),
+            1,
+            0,
+            0,
+            &failed(Some(Duration::from_secs(5))),
+            &mut rng,
+        );
         assert_eq!(step, Step::Retry(Duration::from_secs(5)));
-        let step = decide(&policy(), 1, 0, 0, &failed(Some(Duration::from_secs(999))), &mut rng);
+        let step = decide(
+            &policy(),
+            1,
+            0,
+            0,
+            &failed(Some(Duration::from_secs(999))),
+            &mut rng,
+        );
         assert_eq!(step, Step::Retry(Duration::from_secs(60)));
     }
 

@@ -68,11 +68,19 @@ impl FromRequestParts<AdminState> for Admin {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .ok_or(ApiError::Unauthorized(
                 "missing Authorization header; send Authorization: Bearer <admin token>",
             ))?;
-        if bool::from(presented.trim().as_bytes().ct_eq(expected.expose().as_bytes())) {
+        if bool::from(
+            presented
+                .trim()
+                .as_bytes()
+                .ct_eq(expected.expose().as_bytes()),
+        ) {
             Ok(Admin)
         } else {
             Err(ApiError::Unauthorized("wrong admin token"))
@@ -278,15 +286,21 @@ async fn redrive_bulk(
     let mut matched = Vec::new();
     let mut cursor = None;
     loop {
-        let page = state.dlq.list(&filter, cursor, limit - matched.len()).await?;
-        matched.extend(page.letters.into_iter().filter_map(|l| l.task.map(|t| t.id)));
+        let page = state
+            .dlq
+            .list(&filter, cursor, limit - matched.len())
+            .await?;
+        matched.extend(
+            page.letters
+                .into_iter()
+                .filter_map(|l| l.task.map(|t| t.id)),
+        );
         match page.next_cursor {
             Some(next) if matched.len() < limit => cursor = Some(next),
             _ => break,
         }
     }
-    let mut ticker =
-        tokio::time::interval(Duration::from_secs(1) / state.redrive_rate.max(1));
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / state.redrive_rate.max(1));
     let (mut redriven, mut failed) = (0, 0);
     for task_id in &matched {
         ticker.tick().await;

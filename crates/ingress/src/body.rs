@@ -46,7 +46,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AnyJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
-        read(req, 64 * 1024).await.map(|body: JsonBody<T>| AnyJson(body.value))
+        read(req, 64 * 1024)
+            .await
+            .map(|body: JsonBody<T>| AnyJson(body.value))
     }
 }
 
@@ -68,10 +70,22 @@ async fn read<T: DeserializeOwned>(req: Request, limit: usize) -> Result<JsonBod
                 ApiError::BadRequest(format!("could not read request body: {e}"))
             }
         })?;
-    let value = serde_json::from_slice(&raw).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Validation(e.to_string()),
-        _ => ApiError::InvalidJson(format!("request body is not valid JSON: {e}")),
+    // The path tells the client which field is wrong ("retry.max_retries: …").
+    let mut deserializer = serde_json::Deserializer::from_slice(&raw);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data if path == "." => {
+                ApiError::Validation(inner.to_string())
+            }
+            serde_json::error::Category::Data => ApiError::Validation(format!("{path}: {inner}")),
+            _ => ApiError::InvalidJson(format!("request body is not valid JSON: {inner}")),
+        }
     })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::InvalidJson(format!("request body is not valid JSON: {e}")))?;
     Ok(JsonBody { value, raw })
 }
 

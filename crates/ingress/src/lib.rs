@@ -36,7 +36,10 @@ fn router(state: AppState) -> Router {
         .route("/v1/tasks", post(tasks::create))
         .route("/v1/tasks/{id}", axum::routing::get(tasks::get))
         .route("/v1/queues", axum::routing::get(queues::list))
-        .route("/v1/queues/{name}", axum::routing::get(queues::get).put(queues::put))
+        .route(
+            "/v1/queues/{name}",
+            axum::routing::get(queues::get).put(queues::put),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(track_latency))

@@ -152,7 +152,11 @@ pub async fn create(
                 } else {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                claim = match state.idempotency.inspect(&storage_key, &fingerprint).await? {
+                claim = match state
+                    .idempotency
+                    .inspect(&storage_key, &fingerprint)
+                    .await?
+                {
                     // The first request failed and released the key: claim it afresh.
                     Claim::InProgress { revision: 0, .. } => {
                         state
