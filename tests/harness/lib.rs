@@ -5,6 +5,7 @@
 //! Nothing here mocks NATS. Tests poll for conditions with deadlines ([`wait_until`])
 //! instead of sleeping for fixed times.
 
+pub mod load;
 pub mod nats;
 pub mod process;
 pub mod receiver;
@@ -13,7 +14,7 @@ pub mod system;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use receiver::{Received, Receiver};
 pub use system::{Tenant, TernSystem};
 

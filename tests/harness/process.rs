@@ -187,3 +187,61 @@ impl Processes {
         process
     }
 }
+
+/// Ingress, scheduler and a delivery worker as separate processes.
+pub struct ProcessSystem {
+    /// Starts more processes with the same configuration.
+    pub processes: Processes,
+    /// The public API process.
+    pub ingress: ServiceProcess,
+    /// The scheduler process.
+    pub scheduler: ServiceProcess,
+    /// The worker process (replace it to restart the worker).
+    pub worker: ServiceProcess,
+    /// Base URL of the public API.
+    pub api_url: String,
+    /// Environment every worker started by [`ProcessSystem::restart_worker`] gets.
+    worker_env: Vec<(&'static str, String)>,
+}
+
+impl ProcessSystem {
+    /// Starts the three services against `nats_url` with `env` overrides for all and
+    /// `worker_env` for the worker.
+    pub async fn start(
+        nats_url: &str,
+        env: &[(&str, String)],
+        worker_env: &[(&'static str, String)],
+    ) -> Self {
+        let mut processes = Processes::new(&crate::system::test_config_toml(nats_url), env);
+        let api_port = crate::free_port();
+        let api_url = format!("http://127.0.0.1:{api_port}");
+        let ingress = processes
+            .start(
+                Service::Ingress,
+                &[
+                    ("TERN_INGRESS__LISTEN", format!("127.0.0.1:{api_port}")),
+                    ("TERN_INGRESS__PUBLIC_URL", api_url.clone()),
+                ],
+            )
+            .await;
+        let scheduler = processes.start(Service::Scheduler, &[]).await;
+        let worker = processes.start(Service::Worker, worker_env).await;
+        Self {
+            processes,
+            ingress,
+            scheduler,
+            worker,
+            api_url,
+            worker_env: worker_env.to_vec(),
+        }
+    }
+
+    /// Kills the worker with SIGKILL and starts a new one.
+    pub async fn restart_worker(&mut self) {
+        self.worker.kill9();
+        self.worker = self
+            .processes
+            .start(Service::Worker, &self.worker_env)
+            .await;
+    }
+}

@@ -189,8 +189,8 @@ impl DeadLetters {
                 Change::Write
             })
             .await?;
-        let (record, revision) = match updated {
-            Updated::Written(record, revision) => (record, revision),
+        let record = match updated {
+            Updated::Written(record, _) => record,
             Updated::Declined(record, _) => {
                 return Err(DlqError::NotDead(
                     task_id.to_string(),
@@ -199,7 +199,9 @@ impl DeadLetters {
             }
             Updated::Missing => return Err(DlqError::NotFound(task_id.to_string())),
         };
-        task.record_revision = revision;
+        // The record no longer looks like the task's initial record (it has history),
+        // so the worker must read it rather than CAS from a rebuilt one.
+        task.record_revision = 0;
         let tier = Tier::from_proto(task.tier());
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(

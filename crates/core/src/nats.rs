@@ -54,7 +54,14 @@ pub async fn connect(
                 .await
                 .map_err(|e| ConnectError::Options(e.to_string()))?;
         }
-        match options.connect(config.url.as_str()).await {
+        // async-nats parses one address per string; the config lists several.
+        let servers: Vec<&str> = config
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        match options.connect(servers.as_slice()).await {
             Ok(client) => return Ok(client),
             Err(e) => {
                 tracing::warn!(error = %e, url = %config.url, "NATS not reachable yet; retrying");

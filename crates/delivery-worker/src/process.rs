@@ -48,14 +48,10 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
             return;
         }
     };
-    let claimed = ctx
-        .store
-        .update(
-            &task.id,
-            Some((initial_record(&task), task.record_revision)),
-            claim,
-        )
-        .await;
+    // A fresh task's record is its initial record at `record_revision`; 0 means the
+    // publisher could not vouch for that (a re-drive), so read it first.
+    let known = (task.record_revision > 0).then(|| (initial_record(&task), task.record_revision));
+    let claimed = ctx.store.update(&task.id, known, claim).await;
     let (record, revision) = match claimed {
         Ok(Updated::Written(record, revision)) => (record, revision),
         Ok(Updated::Declined(record, _)) => {

@@ -1,0 +1,365 @@
+//! Failure tests with real processes: every accepted task must end in the right
+//! terminal state whatever dies underneath. Each test sends a known number of tasks,
+//! then counts what the receiver saw and what the status API says.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tern_tests::load::{self, Accepted};
+use tern_tests::process::ProcessSystem;
+use tern_tests::system::ACME;
+use tern_tests::{NatsCluster, NatsServer, Receiver, wait_until};
+
+fn ids(accepted: &std::collections::HashMap<usize, String>) -> Vec<String> {
+    accepted.values().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_with_a_thousand_deliveries_in_flight_loses_nothing() {
+    const TASKS: usize = 1500;
+    let nats = NatsServer::start().await;
+    // Every delivery is held for 2 s, so the worker has them all in flight at once.
+    let receiver = Receiver::start_slow(Duration::from_secs(2)).await;
+    let mut system = ProcessSystem::start(
+        &nats.url(),
+        &[],
+        &[("TERN_WORKER__CONCURRENCY", TASKS.to_string())],
+    )
+    .await;
+    let accepted: Accepted = Default::default();
+    let url = receiver.url("/hook");
+    load::submit_all(
+        &system.api_url,
+        ACME.api_key,
+        TASKS,
+        32,
+        move |i| load::webhook(&url, i),
+        accepted.clone(),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_until(
+        "1,000 deliveries in flight",
+        Duration::from_secs(60),
+        || async { (receiver.in_flight() >= 1000).then_some(()) },
+    )
+    .await;
+
+    system.restart_worker().await;
+
+    let ids = ids(&*accepted.lock().await);
+    assert_eq!(ids.len(), TASKS);
+    load::wait_all_status(
+        &system.api_url,
+        ACME.api_key,
+        &ids,
+        "succeeded",
+        Duration::from_secs(120),
+    )
+    .await;
+    let seen = receiver.distinct_ids();
+    for id in &ids {
+        assert!(seen.contains(id), "task {id} was never delivered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_nats_mid_run_loses_nothing_and_services_reconnect() {
+    const TASKS: usize = 600;
+    let mut nats = NatsServer::start().await;
+    let receiver = Receiver::start().await;
+    let system = ProcessSystem::start(&nats.url(), &[], &[]).await;
+    let accepted: Accepted = Default::default();
+    let url = receiver.url("/hook");
+    let submitting = {
+        let (api_url, accepted) = (system.api_url.clone(), accepted.clone());
+        tokio::spawn(async move {
+            load::submit_all(
+                &api_url,
+                ACME.api_key,
+                TASKS,
+                4,
+                move |i| load::webhook(&url, i),
+                accepted,
+                Duration::from_secs(120),
+            )
+            .await
+        })
+    };
+    wait_until(
+        "a third of the tasks accepted",
+        Duration::from_secs(60),
+        || async { (accepted.lock().await.len() >= TASKS / 3).then_some(()) },
+    )
+    .await;
+
+    nats.restart().await;
+
+    submitting.await.expect("submissions");
+    let ids = ids(&*accepted.lock().await);
+    assert_eq!(ids.len(), TASKS);
+    load::wait_all_status(
+        &system.api_url,
+        ACME.api_key,
+        &ids,
+        "succeeded",
+        Duration::from_secs(120),
+    )
+    .await;
+    let seen = receiver.distinct_ids();
+    for id in &ids {
+        assert!(seen.contains(id), "task {id} was never delivered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_node_of_a_three_node_cluster_loses_nothing() {
+    const TASKS: usize = 600;
+    let mut cluster = NatsCluster::start().await;
+    let receiver = Receiver::start().await;
+    let system = ProcessSystem::start(
+        &cluster.url(),
+        &[("TERN_NATS__REPLICAS", "3".to_string())],
+        &[],
+    )
+    .await;
+    let accepted: Accepted = Default::default();
+    let url = receiver.url("/hook");
+    let submitting = {
+        let (api_url, accepted) = (system.api_url.clone(), accepted.clone());
+        tokio::spawn(async move {
+            load::submit_all(
+                &api_url,
+                ACME.api_key,
+                TASKS,
+                4,
+                move |i| load::webhook(&url, i),
+                accepted,
+                Duration::from_secs(120),
+            )
+            .await
+        })
+    };
+    wait_until(
+        "a third of the tasks accepted",
+        Duration::from_secs(60),
+        || async { (accepted.lock().await.len() >= TASKS / 3).then_some(()) },
+    )
+    .await;
+
+    cluster.nodes[1].kill();
+
+    submitting.await.expect("submissions");
+    let ids = ids(&*accepted.lock().await);
+    assert_eq!(ids.len(), TASKS);
+    load::wait_all_status(
+        &system.api_url,
+        ACME.api_key,
+        &ids,
+        "succeeded",
+        Duration::from_secs(120),
+    )
+    .await;
+    let seen = receiver.distinct_ids();
+    for id in &ids {
+        assert!(seen.contains(id), "task {id} was never delivered");
+    }
+}
+
+/// A raw-TCP receiver that fails 30% of requests: 500s, timeouts and dropped
+/// connections. Its decision is a pure function of (task id, attempt number), so
+/// the test knows exactly which tasks must succeed, after how many attempts.
+mod faulty {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// What the receiver does with one attempt.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Fault {
+        /// 200.
+        None,
+        /// 500.
+        ServerError,
+        /// Answers only after the sender's timeout.
+        Slow,
+        /// Reads the request and closes the connection.
+        Drop,
+    }
+
+    /// The decision for attempt `attempt` of task `id`.
+    pub fn decide(id: &str, attempt: u64) -> Fault {
+        // FNV-1a: stable and spread well enough for a 30% split.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.bytes().chain(attempt.to_le_bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        match h % 10 {
+            7 => Fault::ServerError,
+            8 => Fault::Slow,
+            9 => Fault::Drop,
+            _ => Fault::None,
+        }
+    }
+
+    /// Starts the receiver; returns its URL and the (id, attempt) pairs it saw.
+    pub async fn start() -> (String, Arc<Mutex<Vec<(String, u64)>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, log.clone()));
+            }
+        });
+        (url, seen)
+    }
+
+    async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<(String, u64)>>>) {
+        let mut buffer = Vec::new();
+        loop {
+            // Read one request: headers, then Content-Length bytes of body.
+            let header_end = loop {
+                if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+                let mut chunk = [0u8; 8192];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buffer[..header_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buffer.len() < header_end + length {
+                let mut chunk = [0u8; 8192];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body: serde_json::Value =
+                serde_json::from_slice(&buffer[header_end..header_end + length])
+                    .unwrap_or_default();
+            buffer.drain(..header_end + length);
+            let id = body["task_id"].as_str().unwrap_or_default().to_string();
+            let attempt = body["attempt"].as_u64().unwrap_or(0);
+            seen.lock().expect("lock").push((id.clone(), attempt));
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+            match decide(&id, attempt) {
+                Fault::None => {
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+                Fault::ServerError => {
+                    let response =
+                        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\noops";
+                    if stream.write_all(response).await.is_err() {
+                        return;
+                    }
+                }
+                Fault::Slow => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                    let _ = stream.write_all(ok).await;
+                    return;
+                }
+                Fault::Drop => return,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_failing_30_percent_ends_every_task_as_its_policy_dictates() {
+    const TASKS: usize = 300;
+    const MAX_RETRIES: u64 = 2;
+    let nats = NatsServer::start().await;
+    let (url, seen) = faulty::start().await;
+    let system = ProcessSystem::start(&nats.url(), &[], &[]).await;
+    let accepted: Accepted = Default::default();
+    load::submit_all(
+        &system.api_url,
+        ACME.api_key,
+        TASKS,
+        16,
+        move |i| {
+            serde_json::json!({
+                "queue": "flaky", "webhook_url": url, "payload": {"i": i},
+                "retry": {"max_retries": MAX_RETRIES, "backoff": "fixed", "initial_delay": "100ms", "timeout": "500ms"}
+            })
+        },
+        accepted.clone(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let ids = ids(&*accepted.lock().await);
+    let client = tern_tests::http();
+    let (mut succeeded, mut dead) = (0, 0);
+    for id in &ids {
+        // What the policy dictates: the first clean attempt within 1 + MAX_RETRIES wins.
+        let first_ok =
+            (1..=MAX_RETRIES + 1).find(|a| faulty::decide(id, *a) == faulty::Fault::None);
+        let (status, attempts) = match first_ok {
+            Some(a) => ("succeeded", a),
+            None => ("dead", MAX_RETRIES + 1),
+        };
+        let task = wait_until(
+            &format!("task {id} to become {status}"),
+            Duration::from_secs(60),
+            || {
+                let client = client.clone();
+                let url = format!("{}/v1/tasks/{id}", system.api_url);
+                async move {
+                    let task: serde_json::Value = client
+                        .get(&url)
+                        .bearer_auth(ACME.api_key)
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    let s = task["status"].as_str()?;
+                    (s == "succeeded" || s == "dead").then_some(task)
+                }
+            },
+        )
+        .await;
+        assert_eq!(task["status"], status, "{task}");
+        let recorded = task["attempts"].as_array().unwrap();
+        assert_eq!(recorded.len() as u64, attempts, "{task}");
+        for (n, attempt) in recorded.iter().enumerate() {
+            match faulty::decide(id, n as u64 + 1) {
+                faulty::Fault::ServerError => assert_eq!(attempt["status_code"], 500, "{task}"),
+                faulty::Fault::Slow => assert_eq!(attempt["error"], "timeout", "{task}"),
+                faulty::Fault::Drop => assert!(attempt["error"].is_string(), "{task}"),
+                faulty::Fault::None => assert_eq!(attempt["status_code"], 200, "{task}"),
+            }
+        }
+        if status == "succeeded" {
+            succeeded += 1;
+        } else {
+            dead += 1;
+        }
+    }
+    // The receiver saw every attempt of every task.
+    let seen: HashSet<(String, u64)> = seen.lock().unwrap().iter().cloned().collect();
+    for id in &ids {
+        assert!(
+            seen.contains(&(id.clone(), 1)),
+            "task {id}: first attempt never arrived"
+        );
+    }
+    assert!(
+        succeeded > 0 && dead > 0,
+        "both outcomes occur: {succeeded} succeeded, {dead} dead"
+    );
+}
