@@ -175,6 +175,14 @@ async fn main() -> anyhow::Result<()> {
         if count != last_count {
             last_count = count;
             last_progress = Instant::now();
+        } else if args.fail_rate > 0.0 && last_progress.elapsed() > Duration::from_secs(3) {
+            // With failures on purpose some tasks end dead: done once all others arrived.
+            let s = submitted.lock().await;
+            let missing = undelivered(&receiver, &s);
+            if count_dead(&client, &args, &missing).await == missing.len() {
+                break;
+            }
+            last_progress = Instant::now();
         } else if last_progress.elapsed() > Duration::from_secs(args.idle_timeout) {
             println!("no delivery for {} s; stopping the wait", args.idle_timeout);
             break;
@@ -185,32 +193,24 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let s = submitted.lock().await;
-    let (mut delivery_latencies, lost, duplicates, last_delivery, attempts_histogram, failed) =
-        receiver.with_seen(|seen| {
+    let undelivered = undelivered(&receiver, &s);
+    // An undelivered task is lost unless its retries ran out (dead).
+    let dead = count_dead(&client, &args, &undelivered).await;
+    let (mut delivery_latencies, duplicates, last_delivery, attempts_histogram, failed) = receiver
+        .with_seen(|seen| {
             let mut latencies = Vec::with_capacity(s.sent.len());
-            let mut lost = 0usize;
             let mut last = start;
             for (id, sent) in &s.sent {
-                match seen.first.get(id) {
-                    Some(at) => {
-                        latencies.push(at.saturating_duration_since(*sent));
-                        last = last.max(*at);
-                    }
-                    None => lost += 1,
+                if let Some(at) = seen.first.get(id) {
+                    latencies.push(at.saturating_duration_since(*sent));
+                    last = last.max(*at);
                 }
             }
             let mut histogram: std::collections::BTreeMap<u32, usize> = Default::default();
             for n in seen.attempts.values() {
                 *histogram.entry(*n).or_default() += 1;
             }
-            (
-                latencies,
-                lost,
-                seen.duplicates,
-                last,
-                histogram,
-                seen.failed,
-            )
+            (latencies, seen.duplicates, last, histogram, seen.failed)
         });
     let mut accept_latencies = s.accept_latencies.clone();
     let accept = summarize(&mut accept_latencies);
@@ -237,6 +237,10 @@ async fn main() -> anyhow::Result<()> {
         "delivery latency:  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         delivery.p50, delivery.p99, delivery.max
     );
+    let lost = undelivered.len() - dead;
+    if args.fail_rate > 0.0 {
+        println!("dead (retries out): {dead}");
+    }
     println!("lost:              {lost}");
     println!("duplicated:        {duplicates}");
     if args.fail_rate > 0.0 {
@@ -251,4 +255,36 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Accepted tasks the receiver has not (yet) seen succeed.
+fn undelivered(receiver: &Receiver, submitted: &Submitted) -> Vec<String> {
+    receiver.with_seen(|seen| {
+        submitted
+            .sent
+            .keys()
+            .filter(|id| !seen.first.contains_key(*id))
+            .cloned()
+            .collect()
+    })
+}
+
+/// How many of `ids` the status API reports `dead`.
+async fn count_dead(client: &reqwest::Client, args: &Args, ids: &[String]) -> usize {
+    let mut dead = 0;
+    for id in ids {
+        let response = client
+            .get(format!("{}/v1/tasks/{id}", args.url.trim_end_matches('/')))
+            .bearer_auth(&args.api_key)
+            .send()
+            .await;
+        let body = match response {
+            Ok(r) => r.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        if body.is_some_and(|b| b["status"] == "dead") {
+            dead += 1;
+        }
+    }
+    dead
 }

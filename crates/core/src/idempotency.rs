@@ -89,7 +89,7 @@ impl IdempotencyStore {
         task_id: &str,
     ) -> Result<Claim, StoreError> {
         let record = IdempotencyRecord {
-            fingerprint: fingerprint.to_vec(),
+            fingerprint: Bytes::copy_from_slice(fingerprint),
             task_id: task_id.to_string(),
             completed: false,
             created_at_ms: crate::now_ms(),
@@ -123,7 +123,7 @@ impl IdempotencyStore {
         }
         let existing = IdempotencyRecord::decode(entry.value)
             .map_err(|e| StoreError::Corrupt(key.to_string(), e))?;
-        Ok(if existing.fingerprint != fingerprint {
+        Ok(if existing.fingerprint.as_ref() != fingerprint {
             Claim::Conflict
         } else if existing.completed {
             Claim::Replay {
@@ -146,7 +146,7 @@ impl IdempotencyStore {
         task_id: &str,
     ) -> Result<Option<u64>, StoreError> {
         let record = IdempotencyRecord {
-            fingerprint: fingerprint.to_vec(),
+            fingerprint: Bytes::copy_from_slice(fingerprint),
             task_id: task_id.to_string(),
             completed: false,
             created_at_ms: crate::now_ms(),
@@ -171,7 +171,7 @@ impl IdempotencyStore {
         task_id: &str,
     ) -> Result<(), StoreError> {
         let record = IdempotencyRecord {
-            fingerprint: fingerprint.to_vec(),
+            fingerprint: Bytes::copy_from_slice(fingerprint),
             task_id: task_id.to_string(),
             completed: true,
             created_at_ms: crate::now_ms(),

@@ -98,7 +98,7 @@ mod tests {
             queue: "q".into(),
             work: Some(Work::Webhook(WebhookWork {
                 url: "http://example.com/hook".into(),
-                payload_json: b"42".to_vec(),
+                payload_json: bytes::Bytes::from_static(b"42"),
             })),
             ..Default::default()
         };

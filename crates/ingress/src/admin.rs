@@ -115,7 +115,7 @@ fn view(letter: &DeadLetter, with_payload: bool) -> DeadLetterView {
     let task = letter.task.clone().unwrap_or_default();
     let payload = with_payload
         .then(|| match &task.work {
-            Some(Work::Webhook(w)) => String::from_utf8(w.payload_json.clone())
+            Some(Work::Webhook(w)) => String::from_utf8(w.payload_json.to_vec())
                 .ok()
                 .and_then(|text| RawValue::from_string(text).ok()),
             None => None,

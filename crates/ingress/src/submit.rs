@@ -43,7 +43,7 @@ pub async fn accept(state: &AppState, tenant: &Tenant, new: NewTask) -> Result<(
         record_revision: 0,
         work: Some(Work::Webhook(WebhookWork {
             url: new.webhook_url,
-            payload_json: new.payload_json.into_bytes(),
+            payload_json: new.payload_json.into_bytes().into(),
         })),
     };
     let revision = state
