@@ -56,6 +56,8 @@ pub struct TernSystem {
     pub api_url: String,
     /// Base URL of the admin API.
     pub admin_url: String,
+    /// Base URL of the callback resolver.
+    pub resolver_url: String,
     client: reqwest::Client,
     ingress: Option<Running>,
     scheduler: Option<Running>,
@@ -93,6 +95,7 @@ pub fn test_config_toml(nats_url: &str) -> String {
         [resolver]
         listen = "127.0.0.1:0"
         ops_listen = "127.0.0.1:0"
+        rate_limit = 100000
         [outbound]
         allowed_networks = ["127.0.0.0/8", "::1/128"]
         [retry]
@@ -157,6 +160,9 @@ impl TernSystem {
         let api_port = crate::free_port();
         config.ingress.listen = ([127, 0, 0, 1], api_port).into();
         config.ingress.public_url = format!("http://127.0.0.1:{api_port}");
+        let resolver_port = crate::free_port();
+        config.resolver.listen = ([127, 0, 0, 1], resolver_port).into();
+        config.resolver.public_url = format!("http://127.0.0.1:{resolver_port}");
         tweak(&mut config);
 
         let ingress = tern_ingress::Ingress::bind(config.clone())
@@ -179,12 +185,14 @@ impl TernSystem {
             config,
             api_url,
             admin_url,
+            resolver_url: String::new(),
             client: crate::http(),
             ingress: Some(ingress),
             scheduler: None,
             worker: None,
             resolver: None,
         };
+        system.resolver_url = system.config.resolver.public_url.clone();
         system.start_scheduler().await;
         system.start_worker().await;
         system.start_resolver().await;
@@ -230,7 +238,22 @@ impl TernSystem {
         wait_ready(ops).await;
     }
 
-    async fn start_resolver(&mut self) {
+    /// Stops the scheduler gracefully and waits for it.
+    pub async fn stop_scheduler(&mut self) {
+        if let Some(scheduler) = self.scheduler.take() {
+            scheduler.stop().await;
+        }
+    }
+
+    /// Stops the callback resolver gracefully and waits for it.
+    pub async fn stop_resolver(&mut self) {
+        if let Some(resolver) = self.resolver.take() {
+            resolver.stop().await;
+        }
+    }
+
+    /// Starts (again) the callback resolver.
+    pub async fn start_resolver(&mut self) {
         let resolver = tern_callback_resolver::Resolver::bind(self.config.clone())
             .await
             .expect("bind resolver");

@@ -1,10 +1,17 @@
 //! The callback resolver: the public endpoint third parties call back on.
 //!
-//! For now it only joins the deployment (NATS, topology) and serves its health and
-//! metrics endpoints; callback resolution arrives with await-callback tasks.
+//! Providers POST their answer to `/v1/callbacks/{callbackId}`; the resolver
+//! resolves the waiting task exactly once and stores the body as its result.
+
+pub mod rate_limit;
+pub mod resolve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::post;
+use serde_json::json;
 
 use tern_core::config::Config;
 use tern_core::service::{Runtime, StartError, bind};
@@ -14,17 +21,25 @@ use tokio_util::sync::CancellationToken;
 /// A bound resolver, ready to run.
 pub struct Resolver {
     config: Arc<Config>,
+    public: TcpListener,
     ops: TcpListener,
 }
 
 impl Resolver {
-    /// Binds the ops listener.
+    /// Binds the public and ops listeners.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let public = bind(config.resolver.listen).await?;
         let ops = bind(config.resolver.ops_listen).await?;
         Ok(Self {
             config: Arc::new(config),
+            public,
             ops,
         })
+    }
+
+    /// Address of the public callback endpoint.
+    pub fn public_addr(&self) -> std::io::Result<SocketAddr> {
+        self.public.local_addr()
     }
 
     /// Address of the ops endpoints.
@@ -35,8 +50,38 @@ impl Resolver {
     /// Serves until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let runtime = Runtime::start(&self.config, "tern-callback-resolver", &shutdown).await?;
-        tern_core::ops::serve(self.ops, runtime.health(), shutdown).await;
-        Ok(())
+        let resolver = &self.config.resolver;
+        let state = Arc::new(resolve::Shared {
+            config: resolver.clone(),
+            tasks: tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
+            callbacks: tern_core::callbacks::Callbacks::new(
+                runtime.topology.callbacks.clone(),
+                runtime.topology.js.clone(),
+            ),
+            limiter: rate_limit::RateLimiter::new(resolver.rate_limit, resolver.rate_window.get()),
+        });
+        let app = Router::new()
+            .route("/v1/callbacks/{id}", post(resolve::resolve))
+            .fallback(|| async {
+                (
+                    axum::http::StatusCode::NOT_FOUND,
+                    axum::Json(json!({"error": "Not found"})),
+                )
+            })
+            .with_state(state);
+        let ops = tokio::spawn(tern_core::ops::serve(
+            self.ops,
+            runtime.health(),
+            shutdown.clone(),
+        ));
+        let served = axum::serve(
+            self.public,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+        let _ = ops.await;
+        served.map_err(|e| StartError::Failed(format!("callback listener: {e}")))
     }
 }
 

@@ -213,6 +213,14 @@ pub struct ResolverConfig {
     pub ops_listen: SocketAddr,
     /// Base URL providers use to reach the resolver.
     pub public_url: String,
+    /// Callback requests allowed per source address per `rate_window`.
+    pub rate_limit: u32,
+    /// The rate limit's window.
+    pub rate_window: HumanDuration,
+    /// Proxies whose `X-Forwarded-For` is believed (everyone else's is ignored).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Largest accepted callback body.
+    pub max_body_bytes: usize,
 }
 
 impl Default for ResolverConfig {
@@ -221,6 +229,10 @@ impl Default for ResolverConfig {
             listen: ([127, 0, 0, 1], 8082).into(),
             ops_listen: ([127, 0, 0, 1], 9083).into(),
             public_url: "http://127.0.0.1:8082".into(),
+            rate_limit: 30,
+            rate_window: HumanDuration(std::time::Duration::from_secs(60)),
+            trusted_proxies: Vec::new(),
+            max_body_bytes: 1024 * 1024,
         }
     }
 }

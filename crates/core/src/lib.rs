@@ -5,6 +5,7 @@
 //! topology, the task record store, health/metrics endpoints and shutdown.
 
 pub mod backoff;
+pub mod callbacks;
 pub mod config;
 pub mod dlq;
 pub mod duration;

@@ -160,9 +160,9 @@ pub enum CreateError {
 /// everything in it must be derivable from the [`Task`](tern_proto::v1::Task).
 pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
     use tern_proto::v1::task::Work;
-    let target_url = match &task.work {
-        Some(Work::Webhook(w)) => w.url.clone(),
-        None => String::new(),
+    let (target_url, awaits_callback) = match &task.work {
+        Some(Work::Webhook(w)) => (w.url.clone(), !w.callback_url.is_empty()),
+        None => (String::new(), false),
     };
     TaskRecord {
         id: task.id.clone(),
@@ -173,6 +173,8 @@ pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
         created_at_ms: task.created_at_ms,
         updated_at_ms: task.created_at_ms,
         target_url,
+        awaits_callback,
+        callback_deadline_ms: task.callback_deadline_ms,
         ..Default::default()
     }
 }

@@ -34,6 +34,22 @@ pub const IDEMPOTENCY_BUCKET: &str = "tern_idempotency";
 pub const QUEUES_BUCKET: &str = "tern_queues";
 /// KV bucket of endpoints disabled after a 410.
 pub const ENDPOINTS_BUCKET: &str = "tern_endpoints";
+/// KV bucket of pending callbacks (per-key TTL).
+pub const CALLBACKS_BUCKET: &str = "tern_callbacks";
+/// Stream of durable timers (JetStream message schedules).
+pub const TIMERS_STREAM: &str = "TERN_TIMERS";
+/// Durable consumer of the scheduler on fired timers.
+pub const TIMERS_CONSUMER: &str = "timers";
+
+/// Subject holding the schedule of a task's timer (one schedule per subject).
+pub fn timer_schedule_subject(task_id: &str) -> String {
+    format!("tern.timers.schedule.{task_id}")
+}
+
+/// Subject a task's timer fires on.
+pub fn timer_fire_subject(task_id: &str) -> String {
+    format!("tern.timers.fire.{task_id}")
+}
 
 /// Number of partition tokens in hot subjects; fixed, since it is part of subjects.
 pub const PARTITIONS: u32 = 16;
@@ -101,6 +117,8 @@ pub struct Topology {
     pub queues: kv::Store,
     /// Disabled endpoints.
     pub endpoints: kv::Store,
+    /// Pending callbacks.
+    pub callbacks: kv::Store,
 }
 
 /// Why the topology could not be created or opened.
@@ -158,6 +176,21 @@ impl Topology {
         .await
         .map_err(err("create stream TERN_DLQ"))?;
 
+        // Timers are message schedules: limits retention (a work queue would delete a
+        // schedule when acked), and the scheduler deletes what it has handled.
+        js.create_or_update_stream(stream::Config {
+            name: TIMERS_STREAM.to_string(),
+            subjects: vec!["tern.timers.>".to_string()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_message_schedules: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(err("create stream TERN_TIMERS"))?;
+
         let pull = |name: &str, ack_wait: Duration, max_ack_pending: i64| consumer::pull::Config {
             durable_name: Some(name.to_string()),
             ack_policy: consumer::AckPolicy::Explicit,
@@ -177,6 +210,15 @@ impl Topology {
         )
         .await
         .map_err(err("create consumer delivery"))?;
+        js.create_consumer_on_stream(
+            consumer::pull::Config {
+                filter_subject: "tern.timers.fire.>".to_string(),
+                ..pull(TIMERS_CONSUMER, Duration::from_secs(30), 10_000)
+            },
+            TIMERS_STREAM,
+        )
+        .await
+        .map_err(err("create consumer timers"))?;
 
         let bucket = |name: &str, max_age: Duration| kv::Config {
             bucket: name.to_string(),
@@ -208,18 +250,28 @@ impl Topology {
             .await
             .map_err(err("create bucket tern_endpoints"))?;
 
+        let callbacks = js
+            .create_or_update_key_value(kv::Config {
+                // Per-key TTLs (each callback expires with its own timeout).
+                limit_markers: Some(Duration::from_secs(60)),
+                ..bucket(CALLBACKS_BUCKET, Duration::ZERO)
+            })
+            .await
+            .map_err(err("create bucket tern_callbacks"))?;
+
         Ok(Self {
             js,
             tasks,
             idempotency,
             queues,
             endpoints,
+            callbacks,
         })
     }
 
     /// True when every stream still exists (readiness: someone may have deleted one).
     pub async fn is_present(&self) -> bool {
-        for name in [INTAKE_STREAM, READY_STREAM, DLQ_STREAM] {
+        for name in [INTAKE_STREAM, READY_STREAM, DLQ_STREAM, TIMERS_STREAM] {
             if self.js.get_stream_no_info(name).await.is_err() {
                 return false;
             }

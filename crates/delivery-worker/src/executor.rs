@@ -98,6 +98,11 @@ impl Executor {
         }
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(job.content_type));
+        if let Some(url) = &job.callback_url
+            && let Ok(value) = HeaderValue::from_str(url)
+        {
+            headers.insert("x-tern-callback-url", value);
+        }
         if let Err(e) = signer.apply(
             &mut headers,
             &job.message_id,

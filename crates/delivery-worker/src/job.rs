@@ -22,6 +22,8 @@ pub struct HttpJob {
     pub message_id: String,
     /// Per-attempt timeout.
     pub timeout: Duration,
+    /// For await-callback dispatches: sent as `X-Tern-Callback-URL`.
+    pub callback_url: Option<String>,
 }
 
 /// Why a task cannot be turned into a request.
@@ -69,6 +71,7 @@ pub fn build(task: &Task, attempt: u32) -> Result<HttpJob, JobError> {
             content_type: "application/json",
             message_id: task.id.clone(),
             timeout,
+            callback_url: (!webhook.callback_url.is_empty()).then(|| webhook.callback_url.clone()),
         }),
         None => Err(JobError::NoWork(task.id.clone())),
     }
@@ -99,6 +102,7 @@ mod tests {
             work: Some(Work::Webhook(WebhookWork {
                 url: "http://example.com/hook".into(),
                 payload_json: bytes::Bytes::from_static(b"42"),
+                callback_url: String::new(),
             })),
             ..Default::default()
         };

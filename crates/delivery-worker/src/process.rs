@@ -118,6 +118,17 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
     record_metrics(&outcome, &step);
 
     match step {
+        Step::Succeed if record.awaits_callback => {
+            // The provider accepted the dispatch; only its callback (or the deadline)
+            // ends the task now. A callback that already arrived has finished it.
+            let written = finish(&ctx, &task.id, (record, revision), |r| {
+                r.attempts.push(attempt.clone());
+                r.status = TaskStatus::Waiting as i32;
+                r.next_attempt_at_ms = 0;
+            })
+            .await;
+            settle(&message, written, AckKind::Ack).await;
+        }
         Step::Succeed => {
             let result = result_of(&outcome);
             let written = finish(&ctx, &task.id, (record, revision), |r| {

@@ -109,6 +109,10 @@ impl Ingress {
             ),
             js: runtime.topology.js.clone(),
             guard: UrlGuard::new(self.config.outbound.allowed_networks.clone()),
+            callbacks: tern_core::callbacks::Callbacks::new(
+                runtime.topology.callbacks.clone(),
+                runtime.topology.js.clone(),
+            ),
             queues: tern_core::queues::Queues::follow(
                 runtime.topology.queues.clone(),
                 shutdown.clone(),

@@ -28,4 +28,6 @@ pub struct Shared {
     pub guard: UrlGuard,
     /// Queue policies.
     pub queues: Queues,
+    /// Pending callbacks and their timers.
+    pub callbacks: tern_core::callbacks::Callbacks,
 }

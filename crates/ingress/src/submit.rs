@@ -12,7 +12,7 @@ use tern_core::task_store::{CreateError, initial_record};
 use tern_core::tenants::Tenant;
 use tern_core::topology::intake_subject;
 use tern_proto::Message;
-use tern_proto::v1::{RetryPolicy, Task, WebhookWork, task::Work};
+use tern_proto::v1::{CallbackRecord, RetryPolicy, Task, WebhookWork, task::Work};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -29,10 +29,49 @@ pub struct NewTask {
     pub payload_json: String,
     /// The effective retry policy.
     pub retry: RetryPolicy,
+    /// For await-callback tasks: how long the provider has to call back.
+    pub await_timeout: Option<std::time::Duration>,
+}
+
+/// What the client is told about an accepted task besides its id.
+#[derive(Default)]
+pub struct AcceptedTask {
+    /// The one-time callback URL of an await-callback task.
+    pub callback_url: Option<String>,
 }
 
 /// Stores and publishes `new`; returns once JetStream has it.
-pub async fn accept(state: &AppState, tenant: &Tenant, new: NewTask) -> Result<(), ApiError> {
+pub async fn accept(
+    state: &AppState,
+    tenant: &Tenant,
+    mut new: NewTask,
+) -> Result<AcceptedTask, ApiError> {
+    let mut accepted = AcceptedTask::default();
+    let mut callback_deadline_ms = 0;
+    if let Some(timeout) = new.await_timeout {
+        // Registered before the task exists: if a later step fails, the orphan callback
+        // points at no task (404) and its timer finds nothing to fail.
+        let id = tern_core::callbacks::new_id();
+        let key = tern_core::callbacks::key_of(&id);
+        let url = format!(
+            "{}/v1/callbacks/{id}",
+            state.config.resolver.public_url.trim_end_matches('/')
+        );
+        state
+            .callbacks
+            .register(
+                &key,
+                &CallbackRecord {
+                    task_id: new.id.clone(),
+                    tenant_id: tenant.id.clone(),
+                },
+                timeout,
+            )
+            .await?;
+        new.payload_json = new.payload_json.replace("{{callback_url}}", &url);
+        callback_deadline_ms = tern_core::now_ms() + timeout.as_millis() as i64;
+        accepted.callback_url = Some(url);
+    }
     let mut task = Task {
         id: new.id,
         tenant_id: tenant.id.clone(),
@@ -41,9 +80,11 @@ pub async fn accept(state: &AppState, tenant: &Tenant, new: NewTask) -> Result<(
         created_at_ms: tern_core::now_ms(),
         retry: Some(new.retry),
         record_revision: 0,
+        callback_deadline_ms,
         work: Some(Work::Webhook(WebhookWork {
             url: new.webhook_url,
             payload_json: new.payload_json.into_bytes().into(),
+            callback_url: accepted.callback_url.clone().unwrap_or_default(),
         })),
     };
     let revision = state
@@ -78,5 +119,5 @@ pub async fn accept(state: &AppState, tenant: &Tenant, new: NewTask) -> Result<(
         )));
     }
     metrics::counter!("tern_tasks_accepted_total", "tier" => tenant.tier.as_str()).increment(1);
-    Ok(())
+    Ok(accepted)
 }

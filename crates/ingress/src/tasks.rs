@@ -32,7 +32,22 @@ pub struct CreateTaskRequest {
     /// Overrides of the queue's retry policy for this task.
     #[serde(default)]
     pub retry: Option<RetryOverrides>,
+    /// Makes this an await-callback task.
+    #[serde(default)]
+    pub await_callback: Option<AwaitCallback>,
 }
+
+/// `"await_callback": {"timeout": "1h"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwaitCallback {
+    /// How long the provider has to call back (1 s to 30 days).
+    pub timeout: tern_core::duration::HumanDuration,
+}
+
+/// Bounds of `await_callback.timeout`.
+const AWAIT_TIMEOUT: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(30 * 86_400));
 
 /// Body of the 202 answer.
 #[derive(Debug, Serialize)]
@@ -43,6 +58,9 @@ pub struct Accepted {
     pub status: &'static str,
     /// Where to poll the task.
     pub status_url: String,
+    /// The one-time URL the provider calls back on (await-callback tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// How long an identical request waits for the first one to finish.
@@ -96,17 +114,28 @@ pub async fn create(
             .map_err(|e| ApiError::Validation(e.to_string()))?;
     }
 
+    let await_timeout = match &request.await_callback {
+        Some(a) if a.timeout.get() < AWAIT_TIMEOUT.0 || a.timeout.get() > AWAIT_TIMEOUT.1 => {
+            return Err(ApiError::Validation(
+                "await_callback.timeout: must be between 1s and 30d".into(),
+            ));
+        }
+        Some(a) => Some(a.timeout.get()),
+        None => None,
+    };
+
     let new = NewTask {
         id: uuid::Uuid::now_v7().to_string(),
         queue: request.queue,
         webhook_url: request.webhook_url,
         payload_json: request.payload.get().to_string(),
         retry,
+        await_timeout,
     };
     let Some(key) = idempotency_key else {
         let id = new.id.clone();
-        submit::accept(&state, &tenant, new).await?;
-        return Ok(accepted(&state, &id, false));
+        let outcome = submit::accept(&state, &tenant, new).await?;
+        return Ok(accepted(&state, &id, outcome.callback_url, false));
     };
 
     let storage_key = idempotency::storage_key(&tenant.id, &key);
@@ -120,19 +149,24 @@ pub async fn create(
         match claim {
             Claim::New { revision } => {
                 let id = new.id.clone();
-                if let Err(e) = submit::accept(&state, &tenant, new).await {
-                    if let Err(release) = state.idempotency.release(&storage_key).await {
-                        tracing::warn!(error = %release, "could not release idempotency key");
+                let outcome = match submit::accept(&state, &tenant, new).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        if let Err(release) = state.idempotency.release(&storage_key).await {
+                            tracing::warn!(error = %release, "could not release idempotency key");
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
-                }
+                };
                 state
                     .idempotency
                     .complete(&storage_key, revision, &fingerprint, &id)
                     .await?;
-                return Ok(accepted(&state, &id, false));
+                return Ok(accepted(&state, &id, outcome.callback_url, false));
             }
-            Claim::Replay { task_id } => return Ok(accepted(&state, &task_id, true)),
+            // The callback id is a secret that is never stored in clear, so a replay
+            // cannot repeat it; the first response was the only one to carry it.
+            Claim::Replay { task_id } => return Ok(accepted(&state, &task_id, None, true)),
             Claim::Conflict => return Err(ApiError::IdempotencyConflict),
             Claim::InProgress {
                 claimed_at_ms,
@@ -171,7 +205,12 @@ pub async fn create(
     }
 }
 
-fn accepted(state: &AppState, task_id: &str, replayed: bool) -> Response {
+fn accepted(
+    state: &AppState,
+    task_id: &str,
+    callback_url: Option<String>,
+    replayed: bool,
+) -> Response {
     let status_url = format!(
         "{}/v1/tasks/{task_id}",
         state.config.ingress.public_url.trim_end_matches('/')
@@ -183,6 +222,7 @@ fn accepted(state: &AppState, task_id: &str, replayed: bool) -> Response {
             task_id: task_id.to_string(),
             status: "queued",
             status_url,
+            callback_url,
         }),
     )
         .into_response();

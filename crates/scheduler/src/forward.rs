@@ -15,10 +15,17 @@ use tern_core::topology::{INTAKE_STREAM, SCHEDULER_CONSUMER};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// Why forwarding stopped.
+/// Why a scheduler loop stopped.
 #[derive(Debug, thiserror::Error)]
-#[error("forwarding: {0}")]
+#[error("scheduler: {0}")]
 pub struct ForwardError(String);
+
+impl ForwardError {
+    /// An error with this description.
+    pub fn new(message: String) -> Self {
+        Self(message)
+    }
+}
 
 /// The READY subject for an INTAKE subject (`tern.intake.X` → `tern.ready.X`).
 pub fn ready_subject_for(intake_subject: &str) -> Option<String> {

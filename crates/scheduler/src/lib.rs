@@ -4,6 +4,7 @@
 //! delays, fairness between tiers and tenants, and queue limits build on this loop.
 
 pub mod forward;
+pub mod timeouts;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,12 +44,32 @@ impl Scheduler {
             shutdown.clone(),
         ));
         tracing::info!("scheduler forwarding intake to ready");
-        let result = forward::run(
+        let timers = timeouts::run(
+            runtime.topology.js.clone(),
+            tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
+            tern_core::callbacks::Callbacks::new(
+                runtime.topology.callbacks.clone(),
+                runtime.topology.js.clone(),
+            ),
+            shutdown.clone(),
+        );
+        let forwarding = forward::run(
             runtime.topology.js.clone(),
             self.config.scheduler.max_in_flight,
             shutdown.clone(),
-        )
-        .await;
+        );
+        // Either loop failing stops the other and the service (the orchestrator
+        // restarts it); on shutdown both finish what they have in flight.
+        let stop_on_error = |r: Result<(), forward::ForwardError>| {
+            if r.is_err() {
+                shutdown.cancel();
+            }
+            r
+        };
+        let (forwarded, timed) = tokio::join!(async { stop_on_error(forwarding.await) }, async {
+            stop_on_error(timers.await)
+        });
+        let result = forwarded.and(timed);
         shutdown.cancel();
         let _ = ops.await;
         result.map_err(|e| StartError::Failed(e.to_string()))

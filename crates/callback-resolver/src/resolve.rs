@@ -1,0 +1,221 @@
+//! `POST /v1/callbacks/{callbackId}`: a provider's answer resolves its task, once.
+//!
+//! The callback id is the credential, so there is no API key. Resolution is a
+//! compare-and-swap of the task record from `waiting` (or `processing`, when the
+//! provider calls back before answering the dispatch) to `succeeded`: of any number of
+//! concurrent calls with one id exactly one wins. The id is never logged; only a short
+//! prefix of its hash is.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+use tern_core::callbacks::{self, Callbacks};
+use tern_core::config::ResolverConfig;
+use tern_core::task_store::{Change, TaskStore, Updated};
+use tern_core::task_view::{ResultView, rfc3339, status_name};
+use tern_proto::v1::{TaskResult, TaskStatus};
+
+use crate::rate_limit::{RateLimiter, client_ip};
+
+/// What the handler reaches.
+pub struct Shared {
+    /// Resolver settings.
+    pub config: ResolverConfig,
+    /// Task records.
+    pub tasks: TaskStore,
+    /// Pending callbacks.
+    pub callbacks: Callbacks,
+    /// Per-address limits.
+    pub limiter: RateLimiter,
+}
+
+/// Handler state.
+pub type ResolverState = Arc<Shared>;
+
+/// A resolver error: `{"error": "<message>"}` with its status.
+pub struct ResolveError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ResolveError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Invalid or expired callback ID")
+    }
+
+    fn unavailable(e: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "callback could not be resolved");
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service temporarily unavailable",
+        );
+        error.retry_after = Some(1);
+        error
+    }
+}
+
+impl IntoResponse for ResolveError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
+        if let Some(seconds) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+/// The task as the resolver reports it.
+#[derive(Serialize)]
+struct ResolvedTask {
+    id: String,
+    status: &'static str,
+    result: ResultView,
+    #[serde(rename = "createdAt")]
+    created_at: String,
+    #[serde(rename = "completedAt")]
+    completed_at: String,
+}
+
+/// Request headers kept in the result: everything but credentials.
+fn kept_headers(headers: &axum::http::HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "authorization" | "cookie" | "proxy-authorization"
+            )
+        })
+        .take(64)
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
+/// `POST /v1/callbacks/{callbackId}`
+pub async fn resolve(
+    State(state): State<ResolverState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response, ResolveError> {
+    let source = client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies);
+    if let Err(retry_after) = state.limiter.check(source, Instant::now()) {
+        metrics::counter!("tern_callbacks_total", "result" => "rate_limited").increment(1);
+        let mut error = ResolveError::new(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded");
+        error.retry_after = Some(retry_after.as_secs().max(1));
+        return Err(error);
+    }
+    if !callbacks::is_well_formed(&id) {
+        return Err(ResolveError::not_found());
+    }
+    let key = callbacks::key_of(&id);
+    let headers = kept_headers(request.headers());
+    let limit = state.config.max_body_bytes;
+    let body = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| {
+            ResolveError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Callback body is larger than {limit} bytes"),
+            )
+        })?;
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        return Err(ResolveError::new(
+            StatusCode::BAD_REQUEST,
+            "Callback body must be valid JSON",
+        ));
+    }
+    let Some(callback) = state
+        .callbacks
+        .lookup(&key)
+        .await
+        .map_err(ResolveError::unavailable)?
+    else {
+        metrics::counter!("tern_callbacks_total", "result" => "unknown").increment(1);
+        return Err(ResolveError::not_found());
+    };
+
+    let now = tern_core::now_ms();
+    let body_text = String::from_utf8_lossy(&body).into_owned();
+    let updated = state
+        .tasks
+        .update(&callback.task_id, None, |r| {
+            let waiting = r.status() == TaskStatus::Waiting
+                || (r.status() == TaskStatus::Processing && r.awaits_callback);
+            if !waiting || r.tenant_id != callback.tenant_id {
+                return Change::Decline;
+            }
+            let dispatched = r
+                .attempts
+                .first()
+                .map_or(r.created_at_ms, |a| a.started_at_ms);
+            r.status = TaskStatus::Succeeded as i32;
+            r.result = Some(TaskResult {
+                status_code: 200,
+                headers: headers.clone().into_iter().collect(),
+                body: body_text.clone(),
+                duration_ms: u64::try_from(now - dispatched).unwrap_or(0),
+            });
+            r.next_attempt_at_ms = 0;
+            r.updated_at_ms = now;
+            Change::Write
+        })
+        .await
+        .map_err(ResolveError::unavailable)?;
+    let record = match updated {
+        Updated::Written(record, _) => record,
+        Updated::Declined(record, _) => {
+            metrics::counter!("tern_callbacks_total", "result" => "conflict").increment(1);
+            return Err(ResolveError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "Task is not in waiting/polling state (current: {})",
+                    status_name(record.status())
+                ),
+            ));
+        }
+        Updated::Missing => return Err(ResolveError::not_found()),
+    };
+    state.callbacks.finish(&key, &record.id).await;
+    metrics::counter!("tern_callbacks_total", "result" => "resolved").increment(1);
+    tracing::info!(task_id = %record.id, callback = callbacks::log_tag(&key), "task resolved by callback");
+    let result = record.result.as_ref().map(|r| ResultView {
+        status_code: r.status_code,
+        headers: r.headers.clone().into_iter().collect(),
+        body: r.body.clone(),
+        duration: r.duration_ms,
+    });
+    let Some(result) = result else {
+        return Err(ResolveError::unavailable("resolved record lost its result"));
+    };
+    Ok((
+        StatusCode::OK,
+        Json(json!({"task": ResolvedTask {
+            id: record.id.clone(),
+            status: status_name(record.status()),
+            result,
+            created_at: rfc3339(record.created_at_ms),
+            completed_at: rfc3339(record.updated_at_ms),
+        }})),
+    )
+        .into_response())
+}

@@ -1,0 +1,96 @@
+//! Await-callback deadlines: when a task's timer fires and the provider never called
+//! back, the task fails with `callback_timeout`.
+//!
+//! Timers are JetStream message schedules set when the task is accepted, so a
+//! deadline survives restarts of every process (and of NATS); a schedule whose time
+//! passed during an outage fires as soon as the server is back.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt;
+use tern_core::callbacks::Callbacks;
+use tern_core::task_store::{Change, TaskStore, Updated, is_terminal};
+use tern_core::topology::{TIMERS_CONSUMER, TIMERS_STREAM};
+use tern_proto::Message;
+use tern_proto::v1::{TaskStatus, Timer};
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::ForwardError;
+
+/// The error a timed-out task reports.
+pub const CALLBACK_TIMEOUT: &str = "callback_timeout";
+
+/// Handles fired timers until `shutdown` fires.
+pub async fn run(
+    js: jetstream::Context,
+    tasks: TaskStore,
+    callbacks: Callbacks,
+    shutdown: CancellationToken,
+) -> Result<(), ForwardError> {
+    let consumer: consumer::PullConsumer = js
+        .get_consumer_from_stream(TIMERS_CONSUMER, TIMERS_STREAM)
+        .await
+        .map_err(|e| ForwardError::new(e.to_string()))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(100)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| ForwardError::new(e.to_string()))?;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "timer consumer hiccup");
+                continue;
+            }
+            None => return Err(ForwardError::new("timer consumer stream ended".into())),
+        };
+        let Ok(timer) = Timer::decode(message.payload.clone()) else {
+            tracing::error!(subject = %message.subject, "undecodable timer; dropping it");
+            let _ = message.ack_with(AckKind::Term).await;
+            continue;
+        };
+        match expire(&tasks, &timer.task_id).await {
+            Ok(()) => {
+                callbacks.finish(&timer.callback_key, &timer.task_id).await;
+                let _ = message.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(task_id = %timer.task_id, error = %e, "could not expire task; retrying");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Fails the task with `callback_timeout` unless it has already ended.
+async fn expire(tasks: &TaskStore, task_id: &str) -> Result<(), tern_core::task_store::StoreError> {
+    let now = tern_core::now_ms();
+    let updated = tasks
+        .update(task_id, None, |r| {
+            if is_terminal(r.status()) {
+                return Change::Decline;
+            }
+            r.status = TaskStatus::Failed as i32;
+            r.last_error = CALLBACK_TIMEOUT.to_string();
+            r.next_attempt_at_ms = 0;
+            r.updated_at_ms = now;
+            Change::Write
+        })
+        .await?;
+    if let Updated::Written(..) = updated {
+        metrics::counter!("tern_callbacks_total", "result" => "timeout").increment(1);
+        tracing::info!(task_id, "await-callback task timed out");
+    }
+    Ok(())
+}
