@@ -305,3 +305,56 @@ async fn one_address_flooding_the_resolver_is_rate_limited() {
     assert!((1..=60).contains(&seconds));
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_ids_and_api_keys_never_reach_the_logs() {
+    let nats = NatsServer::start().await;
+    let system = tern_tests::process::ProcessSystem::start(
+        &nats.url(),
+        &[("TERN_LOG__FILTER", "debug".to_string())],
+        &[],
+    )
+    .await;
+    let (url, _provider) = provider(Provider::Later).await;
+    let response = tern_tests::http()
+        .post(format!("{}/v1/tasks", system.api_url))
+        .bearer_auth(ACME.api_key)
+        .json(&json!({"queue": "ai", "webhook_url": url, "await_callback": {"timeout": "1h"}, "payload": {"cb": "{{callback_url}}"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.unwrap();
+    let (id, callback_url) = (
+        body["task_id"].as_str().unwrap().to_string(),
+        body["callback_url"].as_str().unwrap().to_string(),
+    );
+    assert!(callback_url.starts_with(&system.resolver_url));
+    wait_until("waiting", Duration::from_secs(30), || async {
+        let task: Value = tern_tests::http()
+            .get(format!("{}/v1/tasks/{id}", system.api_url))
+            .bearer_auth(ACME.api_key)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (task["status"] == "waiting").then_some(())
+    })
+    .await;
+    let (code, _, _) = post_callback(&callback_url, r#"{"ok":true}"#).await;
+    assert_eq!(code, 200);
+    let (code, _, _) = post_callback(&callback_url, r#"{"ok":true}"#).await;
+    assert_eq!(code, 404);
+
+    let callback_id = callback_url.rsplit('/').next().unwrap();
+    let logs = system.logs();
+    assert!(
+        logs.contains("task resolved by callback"),
+        "the resolution is logged"
+    );
+    for secret in [callback_id, ACME.api_key, ACME.secret] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+}

@@ -198,8 +198,12 @@ pub struct ProcessSystem {
     pub scheduler: ServiceProcess,
     /// The worker process (replace it to restart the worker).
     pub worker: ServiceProcess,
+    /// The callback resolver process.
+    pub resolver: ServiceProcess,
     /// Base URL of the public API.
     pub api_url: String,
+    /// Base URL of the callback resolver.
+    pub resolver_url: String,
     /// Environment every worker started by [`ProcessSystem::restart_worker`] gets.
     worker_env: Vec<(&'static str, String)>,
 }
@@ -212,7 +216,15 @@ impl ProcessSystem {
         env: &[(&str, String)],
         worker_env: &[(&'static str, String)],
     ) -> Self {
-        let mut processes = Processes::new(&crate::system::test_config_toml(nats_url), env);
+        let resolver_port = crate::free_port();
+        let resolver_url = format!("http://127.0.0.1:{resolver_port}");
+        let mut env = env.to_vec();
+        env.push((
+            "TERN_RESOLVER__LISTEN",
+            format!("127.0.0.1:{resolver_port}"),
+        ));
+        env.push(("TERN_RESOLVER__PUBLIC_URL", resolver_url.clone()));
+        let mut processes = Processes::new(&crate::system::test_config_toml(nats_url), &env);
         let api_port = crate::free_port();
         let api_url = format!("http://127.0.0.1:{api_port}");
         let ingress = processes
@@ -226,14 +238,26 @@ impl ProcessSystem {
             .await;
         let scheduler = processes.start(Service::Scheduler, &[]).await;
         let worker = processes.start(Service::Worker, worker_env).await;
+        let resolver = processes.start(Service::Resolver, &[]).await;
         Self {
             processes,
             ingress,
             scheduler,
             worker,
+            resolver,
             api_url,
+            resolver_url,
             worker_env: worker_env.to_vec(),
         }
+    }
+
+    /// Everything every process has logged so far.
+    pub fn logs(&self) -> String {
+        [&self.ingress, &self.scheduler, &self.worker, &self.resolver]
+            .iter()
+            .map(|p| p.log())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Kills the worker with SIGKILL and starts a new one.

@@ -59,6 +59,7 @@ impl Resolver {
                 runtime.topology.js.clone(),
             ),
             limiter: rate_limit::RateLimiter::new(resolver.rate_limit, resolver.rate_window.get()),
+            js: runtime.topology.js.clone(),
         });
         let app = Router::new()
             .route("/v1/callbacks/{id}", post(resolve::resolve))

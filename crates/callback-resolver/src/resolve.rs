@@ -35,6 +35,8 @@ pub struct Shared {
     pub callbacks: Callbacks,
     /// Per-address limits.
     pub limiter: RateLimiter,
+    /// JetStream, for completion notifications.
+    pub js: async_nats::jetstream::Context,
 }
 
 /// Handler state.
@@ -196,6 +198,7 @@ pub async fn resolve(
         Updated::Missing => return Err(ResolveError::not_found()),
     };
     state.callbacks.finish(&key, &record.id).await;
+    tern_core::notify::announce(&state.js, &state.tasks, &record).await;
     metrics::counter!("tern_callbacks_total", "result" => "resolved").increment(1);
     tracing::info!(task_id = %record.id, callback = callbacks::log_tag(&key), "task resolved by callback");
     let result = record.result.as_ref().map(|r| ResultView {

@@ -13,6 +13,7 @@ pub mod endpoints;
 pub mod idempotency;
 pub mod kv_cache;
 pub mod nats;
+pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod queues;

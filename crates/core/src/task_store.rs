@@ -162,6 +162,7 @@ pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
     use tern_proto::v1::task::Work;
     let (target_url, awaits_callback) = match &task.work {
         Some(Work::Webhook(w)) => (w.url.clone(), !w.callback_url.is_empty()),
+        Some(Work::Notify(n)) => (n.url.clone(), false),
         None => (String::new(), false),
     };
     TaskRecord {
@@ -175,6 +176,8 @@ pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
         target_url,
         awaits_callback,
         callback_deadline_ms: task.callback_deadline_ms,
+        notify_url: task.notify_url.clone(),
+        retry: task.retry,
         ..Default::default()
     }
 }

@@ -73,6 +73,15 @@ pub fn build(task: &Task, attempt: u32) -> Result<HttpJob, JobError> {
             timeout,
             callback_url: (!webhook.callback_url.is_empty()).then(|| webhook.callback_url.clone()),
         }),
+        // The event is fixed; its id (this task's id) is the same on every attempt.
+        Some(Work::Notify(notify)) => Ok(HttpJob {
+            url: notify.url.clone(),
+            body: notify.event_json.clone(),
+            content_type: "application/json",
+            message_id: task.id.clone(),
+            timeout,
+            callback_url: None,
+        }),
         None => Err(JobError::NoWork(task.id.clone())),
     }
 }

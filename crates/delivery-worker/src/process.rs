@@ -127,7 +127,7 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
                 r.next_attempt_at_ms = 0;
             })
             .await;
-            settle(&message, written, AckKind::Ack).await;
+            settle(&ctx, &message, written, AckKind::Ack).await;
         }
         Step::Succeed => {
             let result = result_of(&outcome);
@@ -138,7 +138,7 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
                 r.next_attempt_at_ms = 0;
             })
             .await;
-            settle(&message, written, AckKind::Ack).await;
+            settle(&ctx, &message, written, AckKind::Ack).await;
         }
         Step::Retry(delay) => {
             let next_at = now + delay.as_millis() as i64;
@@ -147,7 +147,7 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
                 r.next_attempt_at_ms = next_at;
             })
             .await;
-            settle(&message, written, AckKind::Nak(Some(delay))).await;
+            settle(&ctx, &message, written, AckKind::Nak(Some(delay))).await;
         }
         Step::Fail(reason) => {
             if outcome.status() == Some(410)
@@ -170,7 +170,7 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
                 r.next_attempt_at_ms = 0;
             })
             .await;
-            settle(&message, written, AckKind::Ack).await;
+            settle(&ctx, &message, written, AckKind::Ack).await;
         }
         Step::Dead(reason) => {
             let mut dead_record = record.clone();
@@ -191,7 +191,7 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
                 r.next_attempt_at_ms = 0;
             })
             .await;
-            settle(&message, written, AckKind::Ack).await;
+            settle(&ctx, &message, written, AckKind::Ack).await;
         }
     }
 }
@@ -209,13 +209,14 @@ fn claim(record: &mut TaskRecord) -> Change {
     }
 }
 
-/// Writes the attempt's consequences unless someone finished the task meanwhile.
+/// Writes the attempt's consequences unless someone finished the task meanwhile;
+/// returns the record as written (none when it had already ended).
 async fn finish(
     ctx: &Context,
     id: &str,
     known: (TaskRecord, u64),
     apply: impl Fn(&mut TaskRecord),
-) -> Result<(), String> {
+) -> Result<Option<TaskRecord>, String> {
     let mut last_error = String::new();
     for round in 0..3u32 {
         let known = (round == 0).then(|| known.clone());
@@ -231,7 +232,8 @@ async fn finish(
             })
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(Updated::Written(record, _)) => return Ok(Some(record)),
+            Ok(_) => return Ok(None),
             Err(e) => last_error = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(100 << round)).await;
@@ -240,10 +242,20 @@ async fn finish(
 }
 
 /// Acks or naks once the record is written; if it could not be written the message
-/// comes back soon and the attempt is made again (at-least-once).
-async fn settle(message: &jetstream::Message, written: Result<(), String>, kind: AckKind) {
+/// comes back soon and the attempt is made again (at-least-once). A task that has
+/// just ended gets its completion notification.
+async fn settle(
+    ctx: &Context,
+    message: &jetstream::Message,
+    written: Result<Option<TaskRecord>, String>,
+    kind: AckKind,
+) {
     let kind = match written {
-        Ok(()) => kind,
+        Ok(Some(record)) => {
+            tern_core::notify::announce(&ctx.js, &ctx.store, &record).await;
+            kind
+        }
+        Ok(None) => kind,
         Err(e) => {
             tracing::warn!(error = %e, "could not record attempt; message will be redelivered");
             AckKind::Nak(Some(Duration::from_secs(1)))
@@ -300,6 +312,7 @@ fn refused_endpoint(disabled: &tern_proto::v1::DisabledEndpoint) -> AttemptOutco
 fn task_url(task: &Task) -> Option<&str> {
     match &task.work {
         Some(tern_proto::v1::task::Work::Webhook(w)) => Some(&w.url),
+        Some(tern_proto::v1::task::Work::Notify(n)) => Some(&n.url),
         None => None,
     }
 }

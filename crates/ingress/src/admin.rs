@@ -114,11 +114,15 @@ struct DeadLetterView {
 fn view(letter: &DeadLetter, with_payload: bool) -> DeadLetterView {
     let task = letter.task.clone().unwrap_or_default();
     let payload = with_payload
-        .then(|| match &task.work {
-            Some(Work::Webhook(w)) => String::from_utf8(w.payload_json.to_vec())
+        .then(|| {
+            let bytes = match &task.work {
+                Some(Work::Webhook(w)) => &w.payload_json,
+                Some(Work::Notify(n)) => &n.event_json,
+                None => return None,
+            };
+            String::from_utf8(bytes.to_vec())
                 .ok()
-                .and_then(|text| RawValue::from_string(text).ok()),
-            None => None,
+                .and_then(|text| RawValue::from_string(text).ok())
         })
         .flatten();
     DeadLetterView {

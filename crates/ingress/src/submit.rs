@@ -31,6 +31,8 @@ pub struct NewTask {
     pub retry: RetryPolicy,
     /// For await-callback tasks: how long the provider has to call back.
     pub await_timeout: Option<std::time::Duration>,
+    /// Completion notification URL (empty for none).
+    pub notify_url: String,
 }
 
 /// What the client is told about an accepted task besides its id.
@@ -81,6 +83,7 @@ pub async fn accept(
         retry: Some(new.retry),
         record_revision: 0,
         callback_deadline_ms,
+        notify_url: new.notify_url,
         work: Some(Work::Webhook(WebhookWork {
             url: new.webhook_url,
             payload_json: new.payload_json.into_bytes().into(),

@@ -35,6 +35,9 @@ pub struct CreateTaskRequest {
     /// Makes this an await-callback task.
     #[serde(default)]
     pub await_callback: Option<AwaitCallback>,
+    /// Where to POST a signed event when the task ends.
+    #[serde(default)]
+    pub notify_url: Option<String>,
 }
 
 /// `"await_callback": {"timeout": "1h"}`.
@@ -97,6 +100,12 @@ pub async fn create(
         .guard
         .validate_url(&request.webhook_url, state.config.ingress.max_url_len)
         .map_err(|e| ApiError::Validation(format!("webhook_url: {e}")))?;
+    if let Some(url) = &request.notify_url {
+        state
+            .guard
+            .validate_url(url, state.config.ingress.max_url_len)
+            .map_err(|e| ApiError::Validation(format!("notify_url: {e}")))?;
+    }
 
     // Configuration defaults, then the queue's policy, then the task's own overrides.
     let mut retry = match state.queues.policy(&tenant.id, &request.queue) {
@@ -131,6 +140,7 @@ pub async fn create(
         payload_json: request.payload.get().to_string(),
         retry,
         await_timeout,
+        notify_url: request.notify_url.unwrap_or_default(),
     };
     let Some(key) = idempotency_key else {
         let id = new.id.clone();

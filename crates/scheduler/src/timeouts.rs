@@ -58,7 +58,7 @@ pub async fn run(
             let _ = message.ack_with(AckKind::Term).await;
             continue;
         };
-        match expire(&tasks, &timer.task_id).await {
+        match expire(&js, &tasks, &timer.task_id).await {
             Ok(()) => {
                 callbacks.finish(&timer.callback_key, &timer.task_id).await;
                 let _ = message.ack().await;
@@ -74,7 +74,11 @@ pub async fn run(
 }
 
 /// Fails the task with `callback_timeout` unless it has already ended.
-async fn expire(tasks: &TaskStore, task_id: &str) -> Result<(), tern_core::task_store::StoreError> {
+async fn expire(
+    js: &jetstream::Context,
+    tasks: &TaskStore,
+    task_id: &str,
+) -> Result<(), tern_core::task_store::StoreError> {
     let now = tern_core::now_ms();
     let updated = tasks
         .update(task_id, None, |r| {
@@ -88,9 +92,10 @@ async fn expire(tasks: &TaskStore, task_id: &str) -> Result<(), tern_core::task_
             Change::Write
         })
         .await?;
-    if let Updated::Written(..) = updated {
+    if let Updated::Written(record, _) = updated {
         metrics::counter!("tern_callbacks_total", "result" => "timeout").increment(1);
         tracing::info!(task_id, "await-callback task timed out");
+        tern_core::notify::announce(js, tasks, &record).await;
     }
     Ok(())
 }

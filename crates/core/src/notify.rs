@@ -1,0 +1,116 @@
+//! Completion notifications: when a task reaches a terminal state and carries a
+//! `notify_url`, a signed event is sent there.
+//!
+//! The event is a task of its own (a `NotifyWork`), published to INTAKE like any
+//! other, so it gets the same retries, attempt history and dead-letter queue; its task
+//! id is the `event_id`, which is the `webhook-id` of every attempt, so receivers can
+//! deduplicate. Terminal states are reached in the worker, the resolver and the
+//! scheduler; all of them call [`announce`] right after their winning compare-and-swap.
+
+use async_nats::jetstream;
+use serde::Serialize;
+use tern_proto::Message;
+use tern_proto::v1::{NotifyWork, Task, TaskRecord, task::Work};
+
+use crate::task_store::{TaskStore, initial_record, is_terminal};
+use crate::task_view::{TaskView, rfc3339, status_name};
+use crate::tier::Tier;
+use crate::topology::intake_subject;
+
+/// The event body receivers get.
+#[derive(Serialize)]
+struct Event<'a> {
+    event_id: &'a str,
+    #[serde(rename = "type")]
+    kind: String,
+    occurred_at: String,
+    spec_version: &'static str,
+    data: TaskView,
+}
+
+/// The event JSON for `record` (terminal) with id `event_id`.
+pub fn event_json(event_id: &str, record: &TaskRecord) -> Vec<u8> {
+    let event = Event {
+        event_id,
+        kind: format!("task.{}", status_name(record.status())),
+        occurred_at: rfc3339(record.updated_at_ms),
+        spec_version: "1",
+        data: TaskView::from(record),
+    };
+    serde_json::to_vec(&event).unwrap_or_default()
+}
+
+/// Sends the completion event of `record` if it asked for one; errors are logged
+/// (the task itself is already finished and must not be retried for this).
+pub async fn announce(js: &jetstream::Context, tasks: &TaskStore, record: &TaskRecord) {
+    if record.notify_url.is_empty() || !is_terminal(record.status()) {
+        return;
+    }
+    if let Err(e) = publish(js, tasks, record).await {
+        tracing::error!(task_id = %record.id, error = %e, "completion notification not sent");
+    }
+}
+
+async fn publish(
+    js: &jetstream::Context,
+    tasks: &TaskStore,
+    record: &TaskRecord,
+) -> Result<(), String> {
+    let event_id = uuid::Uuid::now_v7().to_string();
+    let tier = Tier::from_proto(record.tier());
+    let mut task = Task {
+        id: event_id.clone(),
+        tenant_id: record.tenant_id.clone(),
+        tier: record.tier,
+        queue: record.queue.clone(),
+        created_at_ms: crate::now_ms(),
+        retry: record.retry,
+        record_revision: 0,
+        callback_deadline_ms: 0,
+        notify_url: String::new(),
+        work: Some(Work::Notify(NotifyWork {
+            url: record.notify_url.clone(),
+            event_json: event_json(&event_id, record).into(),
+            subject_task_id: record.id.clone(),
+        })),
+    };
+    task.record_revision = tasks
+        .create(&initial_record(&task))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, event_id.as_str());
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(task.encode_to_vec().into())
+        .headers(headers);
+    js.send_publish(intake_subject(tier, &record.tenant_id), publish)
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::v1::TaskStatus;
+
+    #[test]
+    fn events_have_the_documented_shape() {
+        let record = TaskRecord {
+            id: "t-1".into(),
+            status: TaskStatus::Dead as i32,
+            queue: "q".into(),
+            updated_at_ms: 1_000,
+            ..Default::default()
+        };
+        let json: serde_json::Value = serde_json::from_slice(&event_json("e-1", &record)).unwrap();
+        assert_eq!(json["event_id"], "e-1");
+        assert_eq!(json["type"], "task.dead");
+        assert_eq!(json["spec_version"], "1");
+        assert_eq!(json["occurred_at"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(json["data"]["task_id"], "t-1");
+        assert_eq!(json["data"]["status"], "dead");
+    }
+}
