@@ -69,6 +69,12 @@ impl Resolver {
                     axum::Json(json!({"error": "Not found"})),
                 )
             })
+            .method_not_allowed_fallback(|| async {
+                (
+                    axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                    axum::Json(json!({"error": "Method not allowed: callbacks are POSTed"})),
+                )
+            })
             .with_state(state);
         let ops = tokio::spawn(tern_core::ops::serve(
             self.ops,
