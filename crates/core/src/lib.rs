@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod callbacks;
 pub mod config;
+pub mod delayed;
 pub mod dlq;
 pub mod duration;
 pub mod endpoints;

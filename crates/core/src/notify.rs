@@ -68,6 +68,7 @@ async fn publish(
         record_revision: 0,
         callback_deadline_ms: 0,
         notify_url: String::new(),
+        not_before_ms: 0,
         work: Some(Work::Notify(NotifyWork {
             url: record.notify_url.clone(),
             event_json: event_json(&event_id, record).into(),

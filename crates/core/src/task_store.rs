@@ -170,7 +170,12 @@ pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
         tenant_id: task.tenant_id.clone(),
         tier: task.tier,
         queue: task.queue.clone(),
-        status: TaskStatus::Queued as i32,
+        status: if task.not_before_ms > task.created_at_ms {
+            TaskStatus::Scheduled as i32
+        } else {
+            TaskStatus::Queued as i32
+        },
+        scheduled_for_ms: task.not_before_ms,
         created_at_ms: task.created_at_ms,
         updated_at_ms: task.created_at_ms,
         target_url,

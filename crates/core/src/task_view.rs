@@ -61,6 +61,9 @@ pub struct TaskView {
     pub created_at: String,
     /// When it last changed.
     pub updated_at: String,
+    /// When a delayed task becomes due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<String>,
     /// Every attempt so far, oldest first.
     pub attempts: Vec<AttemptView>,
     /// When the next retry is due, while one is pending.
@@ -130,6 +133,7 @@ impl From<&TaskRecord> for TaskView {
             webhook_url: r.target_url.clone(),
             created_at: rfc3339(r.created_at_ms),
             updated_at: rfc3339(r.updated_at_ms),
+            scheduled_for: (r.scheduled_for_ms != 0).then(|| rfc3339(r.scheduled_for_ms)),
             attempts: r.attempts.iter().map(AttemptView::from).collect(),
             next_attempt_at: (r.next_attempt_at_ms != 0).then(|| rfc3339(r.next_attempt_at_ms)),
             result: r.result.as_ref().map(|res| ResultView {

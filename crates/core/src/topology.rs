@@ -41,6 +41,21 @@ pub const TIMERS_STREAM: &str = "TERN_TIMERS";
 /// Durable consumer of the scheduler on fired timers.
 pub const TIMERS_CONSUMER: &str = "timers";
 
+/// Stream of delayed tasks (JetStream message schedules).
+pub const DELAYED_STREAM: &str = "TERN_DELAYED";
+/// Durable consumer of the scheduler on delayed tasks that fell due.
+pub const DELAYED_CONSUMER: &str = "delayed";
+
+/// Subject holding a delayed task's schedule (one schedule per subject).
+pub fn delayed_schedule_subject(task_id: &str) -> String {
+    format!("tern.delayed.schedule.{task_id}")
+}
+
+/// Subject a delayed task is republished on when due.
+pub fn delayed_due_subject(task_id: &str) -> String {
+    format!("tern.delayed.due.{task_id}")
+}
+
 /// Subject holding the schedule of a task's timer (one schedule per subject).
 pub fn timer_schedule_subject(task_id: &str) -> String {
     format!("tern.timers.schedule.{task_id}")
@@ -176,20 +191,26 @@ impl Topology {
         .await
         .map_err(err("create stream TERN_DLQ"))?;
 
-        // Timers are message schedules: limits retention (a work queue would delete a
-        // schedule when acked), and the scheduler deletes what it has handled.
-        js.create_or_update_stream(stream::Config {
-            name: TIMERS_STREAM.to_string(),
-            subjects: vec!["tern.timers.>".to_string()],
+        // Timers and delayed tasks are message schedules: limits retention (a work
+        // queue would delete a schedule when acked); the scheduler deletes what it has
+        // handled. Pending schedules live in NATS, not in any Tern process's memory.
+        let schedules = |name: &str, subjects: &str| stream::Config {
+            name: name.to_string(),
+            subjects: vec![subjects.to_string()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             num_replicas: replicas,
             allow_message_schedules: true,
             allow_direct: true,
+            max_message_size: MAX_MESSAGE_BYTES,
             ..Default::default()
-        })
-        .await
-        .map_err(err("create stream TERN_TIMERS"))?;
+        };
+        js.create_or_update_stream(schedules(TIMERS_STREAM, "tern.timers.>"))
+            .await
+            .map_err(err("create stream TERN_TIMERS"))?;
+        js.create_or_update_stream(schedules(DELAYED_STREAM, "tern.delayed.>"))
+            .await
+            .map_err(err("create stream TERN_DELAYED"))?;
 
         let pull = |name: &str, ack_wait: Duration, max_ack_pending: i64| consumer::pull::Config {
             durable_name: Some(name.to_string()),
@@ -219,6 +240,15 @@ impl Topology {
         )
         .await
         .map_err(err("create consumer timers"))?;
+        js.create_consumer_on_stream(
+            consumer::pull::Config {
+                filter_subject: "tern.delayed.due.>".to_string(),
+                ..pull(DELAYED_CONSUMER, Duration::from_secs(30), 10_000)
+            },
+            DELAYED_STREAM,
+        )
+        .await
+        .map_err(err("create consumer delayed"))?;
 
         let bucket = |name: &str, max_age: Duration| kv::Config {
             bucket: name.to_string(),
@@ -271,7 +301,13 @@ impl Topology {
 
     /// True when every stream still exists (readiness: someone may have deleted one).
     pub async fn is_present(&self) -> bool {
-        for name in [INTAKE_STREAM, READY_STREAM, DLQ_STREAM, TIMERS_STREAM] {
+        for name in [
+            INTAKE_STREAM,
+            READY_STREAM,
+            DLQ_STREAM,
+            TIMERS_STREAM,
+            DELAYED_STREAM,
+        ] {
             if self.js.get_stream_no_info(name).await.is_err() {
                 return false;
             }

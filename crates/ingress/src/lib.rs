@@ -34,7 +34,10 @@ use state::AppState;
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/tasks", post(tasks::create))
-        .route("/v1/tasks/{id}", axum::routing::get(tasks::get))
+        .route(
+            "/v1/tasks/{id}",
+            axum::routing::get(tasks::get).delete(tasks::cancel),
+        )
         .route("/v1/queues", axum::routing::get(queues::list))
         .route(
             "/v1/queues/{name}",
@@ -109,6 +112,7 @@ impl Ingress {
             ),
             js: runtime.topology.js.clone(),
             guard: UrlGuard::new(self.config.outbound.allowed_networks.clone()),
+            schedules: tern_core::delayed::Delayed::new(runtime.topology.js.clone()),
             callbacks: tern_core::callbacks::Callbacks::new(
                 runtime.topology.callbacks.clone(),
                 runtime.topology.js.clone(),

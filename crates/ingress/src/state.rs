@@ -30,4 +30,6 @@ pub struct Shared {
     pub queues: Queues,
     /// Pending callbacks and their timers.
     pub callbacks: tern_core::callbacks::Callbacks,
+    /// Delayed tasks.
+    pub schedules: tern_core::delayed::Delayed,
 }

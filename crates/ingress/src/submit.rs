@@ -33,6 +33,8 @@ pub struct NewTask {
     pub await_timeout: Option<std::time::Duration>,
     /// Completion notification URL (empty for none).
     pub notify_url: String,
+    /// Delayed tasks: not before this time (0 = now).
+    pub not_before_ms: i64,
 }
 
 /// What the client is told about an accepted task besides its id.
@@ -84,6 +86,7 @@ pub async fn accept(
         record_revision: 0,
         callback_deadline_ms,
         notify_url: new.notify_url,
+        not_before_ms: new.not_before_ms,
         work: Some(Work::Webhook(WebhookWork {
             url: new.webhook_url,
             payload_json: new.payload_json.into_bytes().into(),
@@ -100,18 +103,27 @@ pub async fn accept(
         })?;
     task.record_revision = revision;
 
-    let mut headers = HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, task.id.as_str());
-    let publish = PublishMessage::build()
-        .payload(task.encode_to_vec().into())
-        .headers(headers);
-    let published = match state
-        .js
-        .send_publish(intake_subject(tenant.tier, &tenant.id), publish)
-        .await
-    {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    let published = if task.not_before_ms > 0 {
+        // Held by NATS until due; the scheduler moves it on then.
+        state
+            .schedules
+            .delay(&task)
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, task.id.as_str());
+        let publish = PublishMessage::build()
+            .payload(task.encode_to_vec().into())
+            .headers(headers);
+        match state
+            .js
+            .send_publish(intake_subject(tenant.tier, &tenant.id), publish)
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     };
     if let Err(e) = published {
         if let Err(cleanup) = state.tasks.remove(&task.id).await {

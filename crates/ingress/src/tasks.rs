@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tern_core::idempotency::{self, Claim};
 use tern_core::policy::{self, RetryOverrides};
+use tern_core::task_store::{Change, Updated};
 use tern_core::task_view::TaskView;
 use tern_core::topology::is_subject_token;
+use tern_proto::v1::TaskStatus;
 
 use crate::auth::Authenticated;
 use crate::body::JsonBody;
@@ -38,6 +40,48 @@ pub struct CreateTaskRequest {
     /// Where to POST a signed event when the task ends.
     #[serde(default)]
     pub notify_url: Option<String>,
+    /// Dispatch no sooner than this long from now (up to 365 days).
+    #[serde(default)]
+    pub delay: Option<tern_core::duration::HumanDuration>,
+    /// Dispatch no sooner than this time (RFC 3339).
+    #[serde(default)]
+    pub not_before: Option<String>,
+}
+
+/// Longest accepted delay.
+const MAX_DELAY: Duration = Duration::from_secs(365 * 86_400);
+
+/// When a task may first be dispatched (0 = now), from `delay` or `not_before`.
+fn not_before_ms(request: &CreateTaskRequest, now_ms: i64) -> Result<i64, ApiError> {
+    let at = match (&request.delay, &request.not_before) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Validation(
+                "delay and not_before: give one or the other".into(),
+            ));
+        }
+        (Some(delay), None) => {
+            if delay.get() > MAX_DELAY {
+                return Err(ApiError::Validation("delay: must be at most 365d".into()));
+            }
+            now_ms + delay.get().as_millis() as i64
+        }
+        (None, Some(text)) => {
+            let t = time::OffsetDateTime::parse(
+                text,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map_err(|_| ApiError::Validation("not_before: must be an RFC 3339 time".into()))?;
+            let at = (t.unix_timestamp_nanos() / 1_000_000) as i64;
+            if at - now_ms > MAX_DELAY.as_millis() as i64 {
+                return Err(ApiError::Validation(
+                    "not_before: must be at most 365 days ahead".into(),
+                ));
+            }
+            at
+        }
+        (None, None) => 0,
+    };
+    Ok(if at > now_ms { at } else { 0 })
 }
 
 /// `"await_callback": {"timeout": "1h"}`.
@@ -133,7 +177,10 @@ pub async fn create(
         None => None,
     };
 
+    let not_before_ms = not_before_ms(&request, tern_core::now_ms())?;
+
     let new = NewTask {
+        not_before_ms,
         id: uuid::Uuid::now_v7().to_string(),
         queue: request.queue,
         webhook_url: request.webhook_url,
@@ -245,6 +292,51 @@ fn accepted(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
+}
+
+/// `DELETE /v1/tasks/{id}`: cancels a task that has not started (queued or scheduled).
+pub async fn cancel(
+    State(state): State<AppState>,
+    Authenticated(tenant): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no task {id:?}"));
+    if uuid::Uuid::try_parse(&id).is_err() {
+        return Err(not_found());
+    }
+    let now = tern_core::now_ms();
+    let updated = state
+        .tasks
+        .update(&id, None, |r| {
+            if r.tenant_id != tenant.id {
+                return Change::Decline;
+            }
+            match r.status() {
+                TaskStatus::Queued | TaskStatus::Scheduled => {
+                    r.status = TaskStatus::Cancelled as i32;
+                    r.updated_at_ms = now;
+                    Change::Write
+                }
+                _ => Change::Decline,
+            }
+        })
+        .await?;
+    match updated {
+        Updated::Written(record, _) => {
+            // Whoever still holds the task (a schedule, INTAKE, READY) finds it
+            // cancelled and drops it; removing the schedule just saves that work.
+            state.schedules.cancel_delayed(&record.id).await;
+            tern_core::notify::announce(&state.js, &state.tasks, &record).await;
+            Ok(Json(TaskView::from(&record)))
+        }
+        Updated::Declined(record, _) if record.tenant_id == tenant.id => {
+            Err(ApiError::Conflict(format!(
+                "task is {} and can no longer be cancelled",
+                tern_core::task_view::status_name(record.status())
+            )))
+        }
+        _ => Err(not_found()),
+    }
 }
 
 /// `GET /v1/tasks/{id}`

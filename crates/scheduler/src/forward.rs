@@ -9,10 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
+use async_nats::jetstream::{self, AckKind};
 use tern_core::topology::{INTAKE_STREAM, SCHEDULER_CONSUMER};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Why a scheduler loop stopped.
@@ -40,48 +38,20 @@ pub async fn run(
     max_in_flight: usize,
     shutdown: CancellationToken,
 ) -> Result<(), ForwardError> {
-    let consumer: consumer::PullConsumer = js
-        .get_consumer_from_stream(SCHEDULER_CONSUMER, INTAKE_STREAM)
-        .await
-        .map_err(|e| ForwardError(e.to_string()))?;
-    let permits = Arc::new(Semaphore::new(max_in_flight));
     // Cloned per message: an Arc keeps that to a reference count.
-    let js = Arc::new(js);
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(max_in_flight.clamp(1, 1000))
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| ForwardError(e.to_string()))?;
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit.map_err(|e| ForwardError(e.to_string()))?,
-        };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = messages.next() => next,
-        };
-        let message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                // Heartbeat misses and reconnects surface here; the stream recovers.
-                tracing::warn!(error = %e, "intake consumer hiccup");
-                continue;
-            }
-            None => return Err(ForwardError("intake consumer stream ended".into())),
-        };
-        let js = js.clone();
-        tokio::spawn(async move {
-            forward_one(&js, message).await;
-            drop(permit);
-        });
-    }
-    // Wait for in-flight forwards so none is cut between publish and ack.
-    let _ = permits.acquire_many(max_in_flight as u32).await;
-    Ok(())
+    let shared = Arc::new(js.clone());
+    crate::pull::each_message(
+        &js,
+        INTAKE_STREAM,
+        SCHEDULER_CONSUMER,
+        max_in_flight,
+        shutdown,
+        move |message| {
+            let js = shared.clone();
+            async move { forward_one(&js, message).await }
+        },
+    )
+    .await
 }
 
 async fn forward_one(js: &jetstream::Context, message: jetstream::Message) {

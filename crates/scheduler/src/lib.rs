@@ -1,9 +1,12 @@
 //! The scheduler: decides when and in what order accepted work runs.
 //!
-//! Today it forwards every accepted task from INTAKE to READY as soon as it arrives;
-//! delays, fairness between tiers and tenants, and queue limits build on this loop.
+//! It forwards accepted tasks from INTAKE to READY, releases delayed tasks when they
+//! fall due, and fails await-callback tasks whose deadline passed. Fairness between
+//! tiers and tenants and queue limits build on the forwarding loop.
 
+pub mod delayed;
 pub mod forward;
+mod pull;
 pub mod timeouts;
 
 use std::net::SocketAddr;
@@ -53,6 +56,12 @@ impl Scheduler {
             ),
             shutdown.clone(),
         );
+        let releasing = delayed::run(
+            runtime.topology.js.clone(),
+            tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
+            self.config.scheduler.max_in_flight,
+            shutdown.clone(),
+        );
         let forwarding = forward::run(
             runtime.topology.js.clone(),
             self.config.scheduler.max_in_flight,
@@ -66,10 +75,12 @@ impl Scheduler {
             }
             r
         };
-        let (forwarded, timed) = tokio::join!(async { stop_on_error(forwarding.await) }, async {
-            stop_on_error(timers.await)
-        });
-        let result = forwarded.and(timed);
+        let (forwarded, timed, released) = tokio::join!(
+            async { stop_on_error(forwarding.await) },
+            async { stop_on_error(timers.await) },
+            async { stop_on_error(releasing.await) }
+        );
+        let result = forwarded.and(timed).and(released);
         shutdown.cancel();
         let _ = ops.await;
         result.map_err(|e| StartError::Failed(e.to_string()))

@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, AckKind};
 use tern_core::callbacks::Callbacks;
 use tern_core::task_store::{Change, TaskStore, Updated, is_terminal};
 use tern_core::topology::{TIMERS_CONSUMER, TIMERS_STREAM};
@@ -28,49 +29,31 @@ pub async fn run(
     callbacks: Callbacks,
     shutdown: CancellationToken,
 ) -> Result<(), ForwardError> {
-    let consumer: consumer::PullConsumer = js
-        .get_consumer_from_stream(TIMERS_CONSUMER, TIMERS_STREAM)
-        .await
-        .map_err(|e| ForwardError::new(e.to_string()))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(100)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| ForwardError::new(e.to_string()))?;
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
-        };
-        let message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "timer consumer hiccup");
-                continue;
-            }
-            None => return Err(ForwardError::new("timer consumer stream ended".into())),
-        };
-        let Ok(timer) = Timer::decode(message.payload.clone()) else {
-            tracing::error!(subject = %message.subject, "undecodable timer; dropping it");
-            let _ = message.ack_with(AckKind::Term).await;
-            continue;
-        };
-        match expire(&js, &tasks, &timer.task_id).await {
-            Ok(()) => {
-                callbacks.finish(&timer.callback_key, &timer.task_id).await;
-                let _ = message.ack().await;
-            }
-            Err(e) => {
-                tracing::warn!(task_id = %timer.task_id, error = %e, "could not expire task; retrying");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+    let shared = Arc::new((js.clone(), tasks, callbacks));
+    crate::pull::each_message(&js, TIMERS_STREAM, TIMERS_CONSUMER, 64, shutdown, move |message| {
+        let shared = shared.clone();
+        async move {
+            let (js, tasks, callbacks) = &*shared;
+            let Ok(timer) = Timer::decode(message.payload.clone()) else {
+                tracing::error!(subject = %message.subject, "undecodable timer; dropping it");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            };
+            match expire(js, tasks, &timer.task_id).await {
+                Ok(()) => {
+                    callbacks.finish(&timer.callback_key, &timer.task_id).await;
+                    let _ = message.ack().await;
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %timer.task_id, error = %e, "could not expire task; retrying");
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
             }
         }
-    }
+    })
+    .await
 }
 
 /// Fails the task with `callback_timeout` unless it has already ended.

@@ -1,0 +1,115 @@
+//! Releasing delayed tasks when they fall due.
+//!
+//! The schedule fires a little early (see `tern_core::delayed::LEAD`); the scheduler
+//! naks the message for exactly the time left, then moves the task `scheduled →
+//! queued` by compare-and-swap (a cancel that got there first wins, and the task is
+//! dropped) and publishes it to INTAKE.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use tern_core::task_store::{Change, TaskStore, Updated};
+use tern_core::tier::Tier;
+use tern_core::topology::{DELAYED_CONSUMER, DELAYED_STREAM, intake_subject};
+use tern_proto::Message;
+use tern_proto::v1::{Task, TaskStatus};
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::ForwardError;
+
+/// Releases due tasks until `shutdown` fires.
+pub async fn run(
+    js: jetstream::Context,
+    tasks: TaskStore,
+    max_in_flight: usize,
+    shutdown: CancellationToken,
+) -> Result<(), ForwardError> {
+    let shared = Arc::new((js.clone(), tasks));
+    crate::pull::each_message(
+        &js,
+        DELAYED_STREAM,
+        DELAYED_CONSUMER,
+        max_in_flight,
+        shutdown,
+        move |message| {
+            let shared = shared.clone();
+            async move {
+                let (js, tasks) = &*shared;
+                release(js, tasks, message).await;
+            }
+        },
+    )
+    .await
+}
+
+async fn release(js: &jetstream::Context, tasks: &TaskStore, message: jetstream::Message) {
+    let Ok(mut task) = Task::decode(message.payload.clone()) else {
+        tracing::error!(subject = %message.subject, "undecodable delayed task; dropping it");
+        let _ = message.ack_with(AckKind::Term).await;
+        return;
+    };
+    let remaining = task.not_before_ms - tern_core::now_ms();
+    if remaining > 1 {
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_millis(remaining as u64))))
+            .await;
+        return;
+    }
+    let updated = tasks
+        .update(&task.id, None, |r| match r.status() {
+            TaskStatus::Scheduled => {
+                r.status = TaskStatus::Queued as i32;
+                r.updated_at_ms = tern_core::now_ms();
+                Change::Write
+            }
+            _ => Change::Decline,
+        })
+        .await;
+    let release = match updated {
+        Ok(Updated::Written(..)) => true,
+        // Queued already: an earlier release was cut short before its publish.
+        Ok(Updated::Declined(record, _)) => record.status() == TaskStatus::Queued,
+        Ok(Updated::Missing) => false,
+        Err(e) => {
+            tracing::warn!(task_id = %task.id, error = %e, "could not release a due task; retrying");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+    };
+    if release {
+        // The record has moved on from the task's initial one: the worker reads it.
+        task.record_revision = 0;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, task.id.as_str());
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(task.encode_to_vec().into())
+            .headers(headers);
+        let tier = Tier::from_proto(task.tier());
+        let published = match js
+            .send_publish(intake_subject(tier, &task.tenant_id), publish)
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = published {
+            tracing::warn!(task_id = %task.id, error = %e, "could not queue a due task; retrying");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+        metrics::counter!("tern_delayed_released_total").increment(1);
+    }
+    // Handled (released or cancelled): the due copy has no further use.
+    if let Ok(info) = message.info() {
+        let sequence = info.stream_sequence;
+        if let Ok(stream) = js.get_stream(DELAYED_STREAM).await {
+            let _ = stream.delete_message(sequence).await;
+        }
+    }
+    let _ = message.ack().await;
+}
