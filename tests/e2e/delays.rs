@@ -3,18 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use serde_json::{Value, json};
 use tern_tests::system::{ACME, GLOBEX};
 use tern_tests::{NatsServer, Receiver, TernSystem, wait_until};
 
 async fn submit(system: &TernSystem, body: Value) -> String {
-    let response = system.submit(ACME.api_key, &body).await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    response.json::<Value>().await.unwrap()["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    system.submit_id(ACME.api_key, &body).await
 }
 
 fn rfc3339_in(ms: i64) -> String {

@@ -10,6 +10,51 @@ use tern_tests::process::ProcessSystem;
 use tern_tests::system::ACME;
 use tern_tests::{NatsCluster, NatsServer, Receiver, wait_until};
 
+/// Submits `count` webhook tasks to `url` from 4 clients in the background.
+fn submit_in_background(
+    api_url: &str,
+    url: &str,
+    count: usize,
+    accepted: &Accepted,
+) -> tokio::task::JoinHandle<()> {
+    let (api_url, url, accepted) = (api_url.to_string(), url.to_string(), accepted.clone());
+    tokio::spawn(async move {
+        load::submit_all(
+            &api_url,
+            ACME.api_key,
+            count,
+            4,
+            move |i| load::webhook(&url, i),
+            accepted,
+            Duration::from_secs(120),
+        )
+        .await
+    })
+}
+
+/// Every accepted task succeeded, and the receiver saw each of them.
+async fn assert_all_delivered(
+    api_url: &str,
+    accepted: &Accepted,
+    count: usize,
+    receiver: &Receiver,
+) {
+    let ids = ids(&*accepted.lock().await);
+    assert_eq!(ids.len(), count);
+    load::wait_all_status(
+        api_url,
+        ACME.api_key,
+        &ids,
+        "succeeded",
+        Duration::from_secs(120),
+    )
+    .await;
+    let seen = receiver.distinct_ids();
+    for id in &ids {
+        assert!(seen.contains(id), "task {id} was never delivered");
+    }
+}
+
 fn ids(accepted: &std::collections::HashMap<usize, String>) -> Vec<String> {
     accepted.values().cloned().collect()
 }
@@ -47,20 +92,7 @@ async fn killing_a_worker_with_a_thousand_deliveries_in_flight_loses_nothing() {
 
     system.restart_worker().await;
 
-    let ids = ids(&*accepted.lock().await);
-    assert_eq!(ids.len(), TASKS);
-    load::wait_all_status(
-        &system.api_url,
-        ACME.api_key,
-        &ids,
-        "succeeded",
-        Duration::from_secs(120),
-    )
-    .await;
-    let seen = receiver.distinct_ids();
-    for id in &ids {
-        assert!(seen.contains(id), "task {id} was never delivered");
-    }
+    assert_all_delivered(&system.api_url, &accepted, TASKS, &receiver).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,22 +102,8 @@ async fn restarting_nats_mid_run_loses_nothing_and_services_reconnect() {
     let receiver = Receiver::start().await;
     let system = ProcessSystem::start(&nats.url(), &[], &[]).await;
     let accepted: Accepted = Default::default();
-    let url = receiver.url("/hook");
-    let submitting = {
-        let (api_url, accepted) = (system.api_url.clone(), accepted.clone());
-        tokio::spawn(async move {
-            load::submit_all(
-                &api_url,
-                ACME.api_key,
-                TASKS,
-                4,
-                move |i| load::webhook(&url, i),
-                accepted,
-                Duration::from_secs(120),
-            )
-            .await
-        })
-    };
+    let submitting =
+        submit_in_background(&system.api_url, &receiver.url("/hook"), TASKS, &accepted);
     wait_until(
         "a third of the tasks accepted",
         Duration::from_secs(60),
@@ -96,20 +114,7 @@ async fn restarting_nats_mid_run_loses_nothing_and_services_reconnect() {
     nats.restart().await;
 
     submitting.await.expect("submissions");
-    let ids = ids(&*accepted.lock().await);
-    assert_eq!(ids.len(), TASKS);
-    load::wait_all_status(
-        &system.api_url,
-        ACME.api_key,
-        &ids,
-        "succeeded",
-        Duration::from_secs(120),
-    )
-    .await;
-    let seen = receiver.distinct_ids();
-    for id in &ids {
-        assert!(seen.contains(id), "task {id} was never delivered");
-    }
+    assert_all_delivered(&system.api_url, &accepted, TASKS, &receiver).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,22 +129,8 @@ async fn losing_one_node_of_a_three_node_cluster_loses_nothing() {
     )
     .await;
     let accepted: Accepted = Default::default();
-    let url = receiver.url("/hook");
-    let submitting = {
-        let (api_url, accepted) = (system.api_url.clone(), accepted.clone());
-        tokio::spawn(async move {
-            load::submit_all(
-                &api_url,
-                ACME.api_key,
-                TASKS,
-                4,
-                move |i| load::webhook(&url, i),
-                accepted,
-                Duration::from_secs(120),
-            )
-            .await
-        })
-    };
+    let submitting =
+        submit_in_background(&system.api_url, &receiver.url("/hook"), TASKS, &accepted);
     wait_until(
         "a third of the tasks accepted",
         Duration::from_secs(60),
@@ -150,20 +141,7 @@ async fn losing_one_node_of_a_three_node_cluster_loses_nothing() {
     cluster.nodes[1].kill();
 
     submitting.await.expect("submissions");
-    let ids = ids(&*accepted.lock().await);
-    assert_eq!(ids.len(), TASKS);
-    load::wait_all_status(
-        &system.api_url,
-        ACME.api_key,
-        &ids,
-        "succeeded",
-        Duration::from_secs(120),
-    )
-    .await;
-    let seen = receiver.distinct_ids();
-    for id in &ids {
-        assert!(seen.contains(id), "task {id} was never delivered");
-    }
+    assert_all_delivered(&system.api_url, &accepted, TASKS, &receiver).await;
 }
 
 /// A raw-TCP receiver that fails 30% of requests: 500s, timeouts and dropped

@@ -8,9 +8,7 @@ use tern_tests::system::ACME;
 use tern_tests::{NatsServer, Receiver, TernSystem, wait_until};
 
 async fn submit(system: &TernSystem, body: Value) -> Value {
-    let response = system.submit(ACME.api_key, &body).await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    response.json().await.unwrap()
+    system.accepted(ACME.api_key, &body).await
 }
 
 async fn events(notified: &Receiver, n: usize) -> Vec<tern_tests::Received> {

@@ -9,12 +9,7 @@ use tern_tests::system::ACME;
 use tern_tests::{NatsServer, Receiver, TernSystem};
 
 async fn submit(system: &TernSystem, body: Value) -> String {
-    let response = system.submit(ACME.api_key, &body).await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    response.json::<Value>().await.unwrap()["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    system.submit_id(ACME.api_key, &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -345,6 +345,21 @@ impl TernSystem {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /v1/tasks` that must be accepted: the 202's JSON body.
+    pub async fn accepted(&self, api_key: &str, body: &Value) -> Value {
+        let response = self.submit(api_key, body).await;
+        assert_eq!(response.status().as_u16(), 202, "task not accepted: {body}");
+        response.json().await.expect("202 body")
+    }
+
+    /// `POST /v1/tasks` that must be accepted: the new task's id.
+    pub async fn submit_id(&self, api_key: &str, body: &Value) -> String {
+        self.accepted(api_key, body).await["task_id"]
+            .as_str()
+            .expect("task_id")
+            .to_string()
+    }
+
     /// `GET /v1/tasks/{id}`: status code and JSON body.
     pub async fn task(&self, api_key: &str, id: &str) -> (u16, Value) {
         let response = self

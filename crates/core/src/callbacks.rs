@@ -15,8 +15,6 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tern_proto::Message;
 use tern_proto::v1::{CallbackRecord, Timer};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::task_store::StoreError;
 use crate::topology::{TIMERS_STREAM, timer_fire_subject, timer_schedule_subject};
@@ -78,44 +76,20 @@ impl Callbacks {
             .create_with_ttl(key, Bytes::from(record.encode_to_vec()), ttl)
             .await
             .map_err(unavailable)?;
-        let due = OffsetDateTime::now_utc() + timeout;
-        self.schedule(&record.task_id, key, due).await
-    }
-
-    async fn schedule(
-        &self,
-        task_id: &str,
-        key: &str,
-        due: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        let at = due
-            .replace_nanosecond(0)
-            .unwrap_or(due)
-            .format(&Rfc3339)
-            .map_err(unavailable)?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_SCHEDULE,
-            format!("@at {at}").as_str(),
-        );
-        headers.insert(
-            async_nats::header::NATS_SCHEDULE_TARGET,
-            timer_fire_subject(task_id).as_str(),
-        );
+        let due = crate::now_ms() + timeout.as_millis() as i64;
         let timer = Timer {
-            task_id: task_id.to_string(),
+            task_id: record.task_id.clone(),
             callback_key: key.to_string(),
         };
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(timer.encode_to_vec().into())
-            .headers(headers);
-        self.js
-            .send_publish(timer_schedule_subject(task_id), publish)
-            .await
-            .map_err(unavailable)?
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        crate::schedule::publish_at(
+            &self.js,
+            timer_schedule_subject(&record.task_id),
+            &timer_fire_subject(&record.task_id),
+            due,
+            timer.encode_to_vec().into(),
+        )
+        .await
+        .map_err(StoreError::Unavailable)
     }
 
     /// The task waiting for callback `key`, unless it is unknown or expired.

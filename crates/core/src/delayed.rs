@@ -12,8 +12,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use tern_proto::Message;
 use tern_proto::v1::Task;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::topology::{DELAYED_STREAM, delayed_due_subject, delayed_schedule_subject};
 
@@ -34,32 +32,14 @@ impl Delayed {
 
     /// Holds `task` until its `not_before_ms`.
     pub async fn delay(&self, task: &Task) -> Result<(), String> {
-        let fire_ms = task.not_before_ms - LEAD.as_millis() as i64;
-        // Whole seconds: the schedule only needs to be early, never late.
-        let at = OffsetDateTime::from_unix_timestamp(fire_ms.div_euclid(1000))
-            .map_err(|e| e.to_string())?
-            .format(&Rfc3339)
-            .map_err(|e| e.to_string())?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_SCHEDULE,
-            format!("@at {at}").as_str(),
-        );
-        headers.insert(
-            async_nats::header::NATS_SCHEDULE_TARGET,
-            delayed_due_subject(&task.id).as_str(),
-        );
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, task.id.as_str());
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(task.encode_to_vec().into())
-            .headers(headers);
-        self.js
-            .send_publish(delayed_schedule_subject(&task.id), publish)
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
+        crate::schedule::publish_at(
+            &self.js,
+            delayed_schedule_subject(&task.id),
+            &delayed_due_subject(&task.id),
+            task.not_before_ms - LEAD.as_millis() as i64,
+            task.encode_to_vec().into(),
+        )
+        .await
     }
 
     /// Drops a cancelled task's schedule (best effort: the scheduler also skips it).

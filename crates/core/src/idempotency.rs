@@ -71,6 +71,17 @@ pub struct IdempotencyStore {
     kv: kv::Store,
 }
 
+fn encode_claim(fingerprint: &[u8], task_id: &str, completed: bool) -> Bytes {
+    IdempotencyRecord {
+        fingerprint: Bytes::copy_from_slice(fingerprint),
+        task_id: task_id.to_string(),
+        completed,
+        created_at_ms: crate::now_ms(),
+    }
+    .encode_to_vec()
+    .into()
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -88,17 +99,8 @@ impl IdempotencyStore {
         fingerprint: &[u8],
         task_id: &str,
     ) -> Result<Claim, StoreError> {
-        let record = IdempotencyRecord {
-            fingerprint: Bytes::copy_from_slice(fingerprint),
-            task_id: task_id.to_string(),
-            completed: false,
-            created_at_ms: crate::now_ms(),
-        };
-        match self
-            .kv
-            .create(key, Bytes::from(record.encode_to_vec()))
-            .await
-        {
+        let record = encode_claim(fingerprint, task_id, false);
+        match self.kv.create(key, record).await {
             Ok(revision) => return Ok(Claim::New { revision }),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(unavailable(e)),
@@ -145,17 +147,8 @@ impl IdempotencyStore {
         fingerprint: &[u8],
         task_id: &str,
     ) -> Result<Option<u64>, StoreError> {
-        let record = IdempotencyRecord {
-            fingerprint: Bytes::copy_from_slice(fingerprint),
-            task_id: task_id.to_string(),
-            completed: false,
-            created_at_ms: crate::now_ms(),
-        };
-        match self
-            .kv
-            .update(key, Bytes::from(record.encode_to_vec()), abandoned_revision)
-            .await
-        {
+        let record = encode_claim(fingerprint, task_id, false);
+        match self.kv.update(key, record, abandoned_revision).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(unavailable(e)),
@@ -170,14 +163,9 @@ impl IdempotencyStore {
         fingerprint: &[u8],
         task_id: &str,
     ) -> Result<(), StoreError> {
-        let record = IdempotencyRecord {
-            fingerprint: Bytes::copy_from_slice(fingerprint),
-            task_id: task_id.to_string(),
-            completed: true,
-            created_at_ms: crate::now_ms(),
-        };
+        let record = encode_claim(fingerprint, task_id, true);
         self.kv
-            .update(key, Bytes::from(record.encode_to_vec()), revision)
+            .update(key, record, revision)
             .await
             .map(|_| ())
             .map_err(unavailable)

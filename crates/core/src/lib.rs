@@ -18,6 +18,7 @@ pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod queues;
+pub mod schedule;
 pub mod service;
 pub mod shutdown;
 pub mod signing;

@@ -117,83 +117,66 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
     let attempt = attempt_record(attempt_number, &outcome);
     record_metrics(&outcome, &step);
 
-    match step {
-        Step::Succeed if record.awaits_callback => {
-            // The provider accepted the dispatch; only its callback (or the deadline)
-            // ends the task now. A callback that already arrived has finished it.
-            let written = finish(&ctx, &task.id, (record, revision), |r| {
-                r.attempts.push(attempt.clone());
-                r.status = TaskStatus::Waiting as i32;
-                r.next_attempt_at_ms = 0;
-            })
-            .await;
-            settle(&ctx, &message, written, AckKind::Ack).await;
-        }
-        Step::Succeed => {
-            let result = result_of(&outcome);
-            let written = finish(&ctx, &task.id, (record, revision), |r| {
-                r.attempts.push(attempt.clone());
-                r.status = TaskStatus::Succeeded as i32;
-                r.result = result.clone();
-                r.next_attempt_at_ms = 0;
-            })
-            .await;
-            settle(&ctx, &message, written, AckKind::Ack).await;
-        }
-        Step::Retry(delay) => {
-            let next_at = now + delay.as_millis() as i64;
-            let written = finish(&ctx, &task.id, (record, revision), |r| {
-                r.attempts.push(attempt.clone());
-                r.next_attempt_at_ms = next_at;
-            })
-            .await;
-            settle(&ctx, &message, written, AckKind::Nak(Some(delay))).await;
-        }
-        Step::Fail(reason) => {
-            if outcome.status() == Some(410)
-                && let Some(url) = task_url(&task)
-                && let Err(e) = ctx
-                    .endpoints
-                    .disable(&task.tenant_id, url, &task.id, &reason)
-                    .await
-            {
-                tracing::warn!(task_id = %task.id, error = %e, "could not disable endpoint; retrying soon");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-                return;
-            }
-            let written = finish(&ctx, &task.id, (record, revision), |r| {
-                r.attempts.push(attempt.clone());
-                r.status = TaskStatus::Failed as i32;
-                r.last_error = reason.clone();
-                r.next_attempt_at_ms = 0;
-            })
-            .await;
-            settle(&ctx, &message, written, AckKind::Ack).await;
-        }
+    // What must be true before the record says so: a disabled endpoint before a
+    // 410 failure is recorded, a dead letter before the task is marked dead.
+    let prepared = match &step {
+        Step::Fail(reason) if outcome.status() == Some(410) => match task_url(&task) {
+            Some(url) => ctx
+                .endpoints
+                .disable(&task.tenant_id, url, &task.id, reason)
+                .await
+                .map_err(|e| format!("could not disable endpoint: {e}")),
+            None => Ok(()),
+        },
         Step::Dead(reason) => {
             let mut dead_record = record.clone();
             dead_record.attempts.push(attempt.clone());
             dead_record.status = TaskStatus::Dead as i32;
             dead_record.last_error = reason.clone();
-            if let Err(e) = publish_dead_letter(&ctx, &task, dead_record, &reason).await {
-                tracing::warn!(task_id = %task.id, error = %e, "could not dead-letter; retrying soon");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-                return;
+            publish_dead_letter(&ctx, &task, dead_record, reason)
+                .await
+                .map_err(|e| format!("could not dead-letter: {e}"))
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = prepared {
+        tracing::warn!(task_id = %task.id, error = %e, "retrying soon");
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+        return;
+    }
+
+    let result = result_of(&outcome);
+    let awaits_callback = record.awaits_callback;
+    let written = finish(&ctx, &task.id, (record, revision), |r| {
+        r.attempts.push(attempt.clone());
+        r.next_attempt_at_ms = 0;
+        match &step {
+            // The provider accepted the dispatch; only its callback (or the deadline)
+            // ends the task now. A callback that already arrived has finished it.
+            Step::Succeed if awaits_callback => r.status = TaskStatus::Waiting as i32,
+            Step::Succeed => {
+                r.status = TaskStatus::Succeeded as i32;
+                r.result = result.clone();
             }
-            let written = finish(&ctx, &task.id, (record, revision), |r| {
-                r.attempts.push(attempt.clone());
+            Step::Retry(delay) => r.next_attempt_at_ms = now + delay.as_millis() as i64,
+            Step::Fail(reason) => {
+                r.status = TaskStatus::Failed as i32;
+                r.last_error = reason.clone();
+            }
+            Step::Dead(reason) => {
                 r.status = TaskStatus::Dead as i32;
                 r.last_error = reason.clone();
-                r.next_attempt_at_ms = 0;
-            })
-            .await;
-            settle(&ctx, &message, written, AckKind::Ack).await;
+            }
         }
-    }
+    })
+    .await;
+    let ack = match step {
+        Step::Retry(delay) => AckKind::Nak(Some(delay)),
+        _ => AckKind::Ack,
+    };
+    settle(&ctx, &message, written, ack).await;
 }
 
 /// The claim: queued (or re-claimed processing, after a crash) becomes processing.
