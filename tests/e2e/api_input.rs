@@ -305,3 +305,56 @@ async fn bad_requests_get_clear_json_errors_and_leave_nothing_behind() {
     assert_eq!(receiver.count(), 0);
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_rate_limited_by_tier() {
+    let nats = NatsServer::start().await;
+    // The free tier (globex) may make 5 requests per second; business is unlimited.
+    let system = TernSystem::start_with(&nats, |c| {
+        c.ingress.rate_limits.free = 5;
+        c.ingress.rate_limits.business = 0;
+    })
+    .await;
+    let mut codes = Vec::new();
+    let mut limited = None;
+    for _ in 0..30 {
+        let response = system
+            .client()
+            .get(format!("{}/v1/queues", system.api_url))
+            .bearer_auth(tern_tests::system::GLOBEX.api_key)
+            .send()
+            .await
+            .unwrap();
+        codes.push(response.status().as_u16());
+        if response.status() == 429 {
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            limited = Some((
+                header("retry-after"),
+                header("ratelimit-limit"),
+                header("ratelimit-remaining"),
+            ));
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+    }
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    assert!(ok >= 5, "the burst is allowed: {codes:?}");
+    assert!(codes.contains(&429), "then requests are refused: {codes:?}");
+    let (retry_after, limit, remaining) = limited.unwrap();
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(limit.as_deref(), Some("5"));
+    assert_eq!(remaining.as_deref(), Some("0"));
+    for _ in 0..30 {
+        let (code, _) = system
+            .call(ACME.api_key, axum::http::Method::GET, "/v1/queues", None)
+            .await;
+        assert_eq!(code, 200, "another tier's key is unaffected");
+    }
+    system.stop().await;
+}

@@ -85,6 +85,10 @@ pub fn test_config_toml(nats_url: &str) -> String {
         ops_listen = "127.0.0.1:0"
         admin_listen = "127.0.0.1:0"
         admin_token = "{admin_token}"
+        [ingress.rate_limits]
+        business = 0
+        developer = 0
+        free = 0
         [scheduler]
         ops_listen = "127.0.0.1:0"
         [worker]

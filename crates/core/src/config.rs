@@ -125,6 +125,8 @@ pub struct IngressConfig {
     pub admin_token: Option<Secret<String>>,
     /// Bulk re-drives publish at most this many tasks per second.
     pub redrive_rate: u32,
+    /// Requests per second per API key, by tier (0 = unlimited).
+    pub rate_limits: TierRates,
     /// Base URL clients use; `status_url` and `Location` are built from it.
     pub public_url: String,
     /// Largest accepted request body.
@@ -143,10 +145,33 @@ impl Default for IngressConfig {
             admin_listen: ([127, 0, 0, 1], 8081).into(),
             admin_token: None,
             redrive_rate: 100,
+            rate_limits: TierRates::default(),
             public_url: "http://127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
             max_url_len: 2048,
             idempotency_ttl: HumanDuration(std::time::Duration::from_secs(86_400)),
+        }
+    }
+}
+
+/// A number per tier.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TierRates {
+    /// Business tier.
+    pub business: u32,
+    /// Developer tier.
+    pub developer: u32,
+    /// Free tier.
+    pub free: u32,
+}
+
+impl Default for TierRates {
+    fn default() -> Self {
+        Self {
+            business: 1000,
+            developer: 200,
+            free: 50,
         }
     }
 }

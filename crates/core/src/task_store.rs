@@ -52,8 +52,10 @@ pub fn is_terminal(status: TaskStatus) -> bool {
     )
 }
 
-/// Attempts to win a CAS before giving up; conflicts are rare (one task, few writers).
-const MAX_CAS_ROUNDS: usize = 16;
+/// Attempts to win a CAS before giving up. One task has few writers, but each lost
+/// round only guarantees that *someone* won, so allow for many, with jittered pauses
+/// so that losers do not collide again in lockstep.
+const MAX_CAS_ROUNDS: u32 = 64;
 
 /// Access to task records.
 #[derive(Clone)]
@@ -120,7 +122,7 @@ impl TaskStore {
             Some(known) => Some(known),
             None => self.get(id).await?,
         };
-        for _ in 0..MAX_CAS_ROUNDS {
+        for round in 0..MAX_CAS_ROUNDS {
             let Some((mut record, revision)) = current.take() else {
                 return Ok(Updated::Missing);
             };
@@ -135,6 +137,10 @@ impl TaskStore {
             {
                 Ok(new_revision) => return Ok(Updated::Written(record, new_revision)),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    if round > 2 {
+                        let pause = rand::random_range(0..=u64::from(round.min(20)));
+                        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    }
                     current = self.get(id).await?;
                 }
                 Err(e) => return Err(StoreError::Unavailable(e.to_string())),

@@ -76,8 +76,13 @@ impl Tenants {
 
     /// The tenant owning `api_key`, if any.
     pub fn by_api_key(&self, api_key: &str) -> Option<&Arc<Tenant>> {
+        self.lookup(api_key).map(|(_, tenant)| tenant)
+    }
+
+    /// The key's digest (its identity for per-key limits) and its tenant.
+    pub fn lookup(&self, api_key: &str) -> Option<([u8; 32], &Arc<Tenant>)> {
         let digest: [u8; 32] = Sha256::digest(api_key.as_bytes()).into();
-        self.by_key_hash.get(&digest)
+        self.by_key_hash.get(&digest).map(|tenant| (digest, tenant))
     }
 
     /// The tenant with this id, if configured.

@@ -34,11 +34,17 @@ impl FromRequestParts<AppState> for Authenticated {
             .ok_or(ApiError::Unauthorized(
                 "Authorization header must be: Bearer <api key>",
             ))?;
-        state
+        let (digest, tenant) = state
             .tenants
-            .by_api_key(key)
-            .cloned()
-            .map(Authenticated)
-            .ok_or(ApiError::Unauthorized("unknown API key"))
+            .lookup(key)
+            .ok_or(ApiError::Unauthorized("unknown API key"))?;
+        state
+            .limits
+            .take(digest, tenant.tier, std::time::Instant::now())
+            .map_err(|limited| ApiError::RateLimited {
+                retry_after: limited.retry_after,
+                limit: limited.limit,
+            })?;
+        Ok(Authenticated(tenant.clone()))
     }
 }

@@ -43,6 +43,14 @@ pub enum ApiError {
     /// An identical request with this key is still being processed.
     #[error("a request with this Idempotency-Key is still being processed; retry shortly")]
     IdempotencyInProgress,
+    /// The API key used up its rate.
+    #[error("rate limit of {limit} requests per second exceeded for this API key")]
+    RateLimited {
+        /// Until a request would be allowed again.
+        retry_after: std::time::Duration,
+        /// The key's limit per second.
+        limit: u32,
+    },
     /// NATS is unreachable or failed; nothing was accepted.
     #[error("{0}")]
     Unavailable(String),
@@ -64,6 +72,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_key_reused"),
             ApiError::IdempotencyInProgress => (StatusCode::CONFLICT, "idempotency_in_progress"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
@@ -77,11 +86,26 @@ impl IntoResponse for ApiError {
         }
         let body = json!({"error": {"code": code, "message": self.to_string()}});
         let mut response = (status, axum::Json(body)).into_response();
-        match self {
+        match &self {
             ApiError::Unauthorized(_) => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited { retry_after, limit } => {
+                // Whole seconds, rounded up: a client waiting this long will succeed.
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                let headers = response.headers_mut();
+                for (name, value) in [
+                    (header::RETRY_AFTER.as_str(), seconds.to_string()),
+                    ("ratelimit-limit", limit.to_string()),
+                    ("ratelimit-remaining", "0".to_string()),
+                    ("ratelimit-reset", seconds.to_string()),
+                ] {
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        headers.insert(name, value);
+                    }
+                }
             }
             ApiError::Unavailable(_) | ApiError::IdempotencyInProgress => {
                 response

@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod body;
 mod error;
+mod limits;
 mod queues;
 mod state;
 mod submit;
@@ -113,6 +114,7 @@ impl Ingress {
             js: runtime.topology.js.clone(),
             guard: UrlGuard::new(self.config.outbound.allowed_networks.clone()),
             schedules: tern_core::delayed::Delayed::new(runtime.topology.js.clone()),
+            limits: limits::RateLimits::new(self.config.ingress.rate_limits.clone()),
             callbacks: tern_core::callbacks::Callbacks::new(
                 runtime.topology.callbacks.clone(),
                 runtime.topology.js.clone(),

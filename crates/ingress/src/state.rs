@@ -32,4 +32,6 @@ pub struct Shared {
     pub callbacks: tern_core::callbacks::Callbacks,
     /// Delayed tasks.
     pub schedules: tern_core::delayed::Delayed,
+    /// Per-key request rates.
+    pub limits: crate::limits::RateLimits,
 }
