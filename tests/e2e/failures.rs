@@ -341,3 +341,58 @@ async fn a_receiver_failing_30_percent_ends_every_task_as_its_policy_dictates() 
         "both outcomes occur: {succeeded} succeeded, {dead} dead"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_deliveries_and_hands_back_the_rest() {
+    const TASKS: usize = 800;
+    let nats = NatsServer::start().await;
+    // Each delivery takes 1 s, well inside the 5 s grace of the test configuration.
+    let receiver = Receiver::start_slow(Duration::from_secs(1)).await;
+    let mut system = ProcessSystem::start(
+        &nats.url(),
+        &[],
+        &[("TERN_WORKER__CONCURRENCY", "500".to_string())],
+    )
+    .await;
+    let accepted: Accepted = Default::default();
+    let url = receiver.url("/hook");
+    load::submit_all(
+        &system.api_url,
+        ACME.api_key,
+        TASKS,
+        32,
+        move |i| load::webhook(&url, i),
+        accepted.clone(),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_until(
+        "500 deliveries in flight",
+        Duration::from_secs(60),
+        || async { (receiver.in_flight() >= 500).then_some(()) },
+    )
+    .await;
+
+    let started = std::time::Instant::now();
+    let clean = system.worker.terminate(Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    assert!(
+        clean,
+        "the worker exits cleanly on SIGTERM:\n{}",
+        system.worker.log()
+    );
+    assert!(
+        took < Duration::from_secs(5 + 3),
+        "exit within the grace period, took {took:?}"
+    );
+    // The deliveries in flight were allowed to finish, none was cut off.
+    assert_eq!(receiver.in_flight(), 0);
+
+    system.worker = system
+        .processes
+        .start(tern_tests::process::Service::Worker, &[])
+        .await;
+    assert_all_delivered(&system.api_url, &accepted, TASKS, &receiver).await;
+    // Finished deliveries were acknowledged, the rest handed back: nothing twice.
+    assert_eq!(receiver.count(), TASKS, "no task was delivered twice");
+}

@@ -138,10 +138,12 @@ async fn consume(
         });
     }
 
-    // Stop pulling: anything already delivered to us but not started goes straight back.
-    while let Ok(Some(Ok(message))) =
-        tokio::time::timeout(Duration::from_millis(50), messages.next()).await
-    {
+    // Stop pulling: what was already delivered to us but not started goes straight
+    // back. Bounded, because a nak'd message may be redelivered to our still-open pull
+    // request at once; whatever reaches it after we stop listening comes back to
+    // another worker after the ack wait.
+    let drain_until = tokio::time::Instant::now() + Duration::from_millis(250);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(drain_until, messages.next()).await {
         let _ = message.ack_with(AckKind::Nak(None)).await;
     }
     drop(messages);
