@@ -147,3 +147,27 @@ async fn callback_outcomes_are_announced_too() {
     assert_eq!(event["data"]["last_error"], "callback_timeout");
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_task_is_announced() {
+    let nats = NatsServer::start().await;
+    let system = TernSystem::start(&nats).await;
+    let never = Receiver::start().await;
+    let notified = Receiver::start().await;
+    let task = submit(
+        &system,
+        json!({"queue": "q", "webhook_url": never.url("/"), "payload": 1, "notify_url": notified.url("/e"), "delay": "1h"}),
+    )
+    .await;
+    let id = task["task_id"].as_str().unwrap();
+    let (code, _) = system
+        .call(ACME.api_key, axum::http::Method::DELETE, &format!("/v1/tasks/{id}"), None)
+        .await;
+    assert_eq!(code, 200);
+    let event = events(&notified, 1).await[0].json();
+    assert_eq!(event["type"], "task.cancelled");
+    assert_eq!(event["data"]["task_id"], id);
+    assert_eq!(event["data"]["status"], "cancelled");
+    assert_eq!(never.count(), 0);
+    system.stop().await;
+}
