@@ -58,6 +58,8 @@ pub struct TernSystem {
     pub admin_url: String,
     /// Base URL of the callback resolver.
     pub resolver_url: String,
+    /// Base URL of the ingress's ops endpoints (`/readyz`, `/metrics`).
+    pub ingress_ops_url: String,
     client: reqwest::Client,
     ingress: Option<Running>,
     scheduler: Option<Running>,
@@ -190,6 +192,7 @@ impl TernSystem {
             api_url,
             admin_url,
             resolver_url: String::new(),
+            ingress_ops_url: format!("http://{ingress_ops}"),
             client: crate::http(),
             ingress: Some(ingress),
             scheduler: None,
