@@ -58,11 +58,6 @@ impl<T: Message + Default + Clone + Send + Sync + 'static> KvCache<T> {
         self.read().get(key).cloned()
     }
 
-    /// True when `key` has a value.
-    pub fn contains(&self, key: &str) -> bool {
-        self.read().contains_key(key)
-    }
-
     /// Records a write this process just made, so it reads its own writes at once.
     pub fn insert_local(&self, key: String, value: T) {
         self.write().insert(key, value);

@@ -3,7 +3,6 @@
 //! It is separate from public listeners so probes and scrapes never compete with, or
 //! are exposed alongside, client traffic.
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -88,11 +87,6 @@ async fn render_metrics() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics_handle().render(),
     )
-}
-
-/// Binds the ops listener (port 0 picks a free port; tests read it back).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Serves the ops endpoints until `shutdown` fires.

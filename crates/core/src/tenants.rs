@@ -74,11 +74,6 @@ impl Tenants {
         Ok(tenants)
     }
 
-    /// The tenant owning `api_key`, if any.
-    pub fn by_api_key(&self, api_key: &str) -> Option<&Arc<Tenant>> {
-        self.lookup(api_key).map(|(_, tenant)| tenant)
-    }
-
     /// The key's digest (its identity for per-key limits) and its tenant.
     pub fn lookup(&self, api_key: &str) -> Option<([u8; 32], &Arc<Tenant>)> {
         let digest: [u8; 32] = Sha256::digest(api_key.as_bytes()).into();
@@ -108,10 +103,10 @@ mod tests {
     #[test]
     fn finds_tenants_by_key_and_id() {
         let tenants = Tenants::from_config(&[config("a", "key-a"), config("b", "key-b")]).unwrap();
-        assert_eq!(tenants.by_api_key("key-a").unwrap().id, "a");
-        assert_eq!(tenants.by_api_key("key-b").unwrap().id, "b");
-        assert!(tenants.by_api_key("key-c").is_none());
-        assert!(tenants.by_api_key("").is_none());
+        assert_eq!(tenants.lookup("key-a").unwrap().1.id, "a");
+        assert_eq!(tenants.lookup("key-b").unwrap().1.id, "b");
+        assert!(tenants.lookup("key-c").is_none());
+        assert!(tenants.lookup("").is_none());
         assert_eq!(tenants.by_id("b").unwrap().tier, Tier::Developer);
     }
 
