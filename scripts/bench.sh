@@ -15,6 +15,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 export RUST_LOG="${RUST_LOG:-warn}"
+# The bench measures the system, not the per-key request limit of the dev tenant.
+export TERN_INGRESS__RATE_LIMITS__BUSINESS="${TERN_INGRESS__RATE_LIMITS__BUSINESS:-0}"
 
 tern_install_traps
 tern_check_ports

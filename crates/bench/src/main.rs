@@ -48,6 +48,31 @@ struct Args {
     /// Give up waiting for deliveries after this many seconds without progress.
     #[arg(long, default_value_t = 60)]
     idle_timeout: u64,
+    /// Delayed tasks: the first is due this many ms after the bench starts.
+    #[arg(long)]
+    delay_start_ms: Option<u64>,
+    /// Delayed tasks: due times are spread evenly over this many ms (0 = all at once).
+    #[arg(long, default_value_t = 0)]
+    delay_spread_ms: u64,
+    /// Submit and exit without waiting for deliveries (e.g. to hold many delays).
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// The `POST /v1/tasks` body of task `i`.
+fn task_body(args: &Args, webhook_url: &str, data: &str, start_ms: i64, i: usize) -> bytes::Bytes {
+    let mut task = serde_json::json!({
+        "queue": "bench",
+        "webhook_url": webhook_url,
+        "payload": { "data": data },
+    });
+    if let Some(first) = args.delay_start_ms {
+        let offset = args.delay_spread_ms as i64 * i as i64 / args.tasks.max(1) as i64;
+        let due = start_ms + first as i64 + offset;
+        task["not_before"] = tern_core::task_view::rfc3339(due).into();
+        task["payload"]["due_ms"] = due.into();
+    }
+    serde_json::to_vec(&task).unwrap_or_default().into()
 }
 
 struct Submitted {
@@ -67,12 +92,15 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let receiver = Receiver::start(args.receiver_port, args.fail_rate).await?;
     let webhook_url = format!("http://{}/hook", receiver.addr);
-    let payload = serde_json::json!({ "data": "x".repeat(args.payload_bytes.saturating_sub(12)) });
-    let body = bytes::Bytes::from(serde_json::to_vec(&serde_json::json!({
-        "queue": "bench",
-        "webhook_url": webhook_url,
-        "payload": payload,
-    }))?);
+    let data = "x".repeat(args.payload_bytes.saturating_sub(12));
+    let start_ms = tern_core::now_ms();
+    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(if args.delay_start_ms.is_some() {
+        (0..args.tasks)
+            .map(|i| task_body(&args, &webhook_url, &data, start_ms, i))
+            .collect()
+    } else {
+        vec![task_body(&args, &webhook_url, &data, start_ms, 0)]
+    });
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
@@ -102,9 +130,9 @@ async fn main() -> anyhow::Result<()> {
     let endpoint = format!("{}/v1/tasks", args.url.trim_end_matches('/'));
     let clients: Vec<_> = (0..args.concurrency)
         .map(|_| {
-            let (client, body, endpoint, next, submitted) = (
+            let (client, bodies, endpoint, next, submitted) = (
                 client.clone(),
-                body.clone(),
+                bodies.clone(),
                 endpoint.clone(),
                 next.clone(),
                 submitted.clone(),
@@ -125,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
                         .post(&endpoint)
                         .bearer_auth(&key)
                         .header("content-type", "application/json")
-                        .body(body.clone())
+                        .body(bodies[i % bodies.len()].clone())
                         .send()
                         .await;
                     let latency = sent.elapsed();
@@ -162,6 +190,16 @@ async fn main() -> anyhow::Result<()> {
         client.await.context("submitting client panicked")?;
     }
     let submit_elapsed = start.elapsed();
+    if args.no_wait {
+        let s = submitted.lock().await;
+        println!(
+            "accepted:          {} ({} rejected) in {:.1} s; not waiting for deliveries",
+            s.sent.len(),
+            s.rejected,
+            submit_elapsed.as_secs_f64()
+        );
+        return Ok(());
+    }
 
     // Wait for deliveries while they keep coming.
     let accepted = submitted.lock().await.sent.len();
@@ -240,6 +278,22 @@ async fn main() -> anyhow::Result<()> {
     let lost = undelivered.len() - dead;
     if args.fail_rate > 0.0 {
         println!("dead (retries out): {dead}");
+    }
+    if args.delay_start_ms.is_some() {
+        let (mut lateness, early) = receiver.with_seen(|seen| {
+            let early = seen.lateness_ms.iter().filter(|l| **l < 0).count();
+            let late: Vec<Duration> = seen
+                .lateness_ms
+                .iter()
+                .map(|l| Duration::from_millis((*l).max(0) as u64))
+                .collect();
+            (late, early)
+        });
+        let late = summarize(&mut lateness);
+        println!(
+            "fire lateness:     p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({early} early)",
+            late.p50, late.p99, late.max
+        );
     }
     println!("lost:              {lost}");
     println!("duplicated:        {duplicates}");

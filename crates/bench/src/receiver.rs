@@ -22,6 +22,8 @@ pub struct Seen {
     pub failed: u64,
     /// Attempts per task id (1 = delivered at the first try).
     pub attempts: HashMap<String, u32>,
+    /// For delayed tasks: first arrival minus the due time, in ms (negative = early).
+    pub lateness_ms: Vec<i64>,
 }
 
 struct Shared {
@@ -59,6 +61,17 @@ impl Receiver {
     }
 }
 
+/// Pulls the number after `"due_ms":` out of the body, if present.
+fn due_ms(body: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"due_ms\":")? + "\"due_ms\":".len();
+    let digits: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
 /// Pulls `"task_id":"…"` out of the envelope without parsing the whole body.
 fn task_id(body: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
@@ -83,6 +96,9 @@ async fn receive(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
         std::collections::hash_map::Entry::Occupied(_) => seen.duplicates += 1,
         std::collections::hash_map::Entry::Vacant(slot) => {
             slot.insert(now);
+            if let Some(due) = due_ms(&body) {
+                seen.lateness_ms.push(tern_core::now_ms() - due);
+            }
         }
     }
     StatusCode::OK

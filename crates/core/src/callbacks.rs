@@ -109,7 +109,7 @@ impl Callbacks {
         if let Err(e) = self.kv.purge(key).await {
             tracing::warn!(callback = log_tag(key), error = %e, "could not remove a used callback");
         }
-        match self.js.get_stream(TIMERS_STREAM).await {
+        match self.js.get_stream_no_info(TIMERS_STREAM).await {
             Ok(stream) => {
                 for subject in [timer_schedule_subject(task_id), timer_fire_subject(task_id)] {
                     if let Err(e) = stream.purge().filter(subject).await {

@@ -44,7 +44,7 @@ impl Delayed {
 
     /// Drops a cancelled task's schedule (best effort: the scheduler also skips it).
     pub async fn cancel_delayed(&self, task_id: &str) {
-        if let Ok(stream) = self.js.get_stream(DELAYED_STREAM).await {
+        if let Ok(stream) = self.js.get_stream_no_info(DELAYED_STREAM).await {
             for subject in [
                 delayed_schedule_subject(task_id),
                 delayed_due_subject(task_id),

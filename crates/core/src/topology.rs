@@ -308,7 +308,8 @@ impl Topology {
             TIMERS_STREAM,
             DELAYED_STREAM,
         ] {
-            if self.js.get_stream_no_info(name).await.is_err() {
+            // A real lookup (get_stream_no_info would not ask the server).
+            if self.js.get_stream(name).await.is_err() {
                 return false;
             }
         }

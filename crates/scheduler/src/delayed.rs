@@ -107,7 +107,7 @@ async fn release(js: &jetstream::Context, tasks: &TaskStore, message: jetstream:
     // Handled (released or cancelled): the due copy has no further use.
     if let Ok(info) = message.info() {
         let sequence = info.stream_sequence;
-        if let Ok(stream) = js.get_stream(DELAYED_STREAM).await {
+        if let Ok(stream) = js.get_stream_no_info(DELAYED_STREAM).await {
             let _ = stream.delete_message(sequence).await;
         }
     }
