@@ -320,16 +320,8 @@ impl TernSystem {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.admin_url))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.expect("admin request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.json_call(&self.admin_url, ADMIN_TOKEN, method, path, body)
+            .await
     }
 
     /// A public API call with `api_key`: status code and JSON body.
@@ -340,14 +332,26 @@ impl TernSystem {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
+        self.json_call(&self.api_url, api_key, method, path, body)
+            .await
+    }
+
+    async fn json_call(
+        &self,
+        base: &str,
+        token: &str,
+        method: http::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .client
-            .request(method, format!("{}{path}", self.api_url))
-            .bearer_auth(api_key);
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token);
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.expect("API request");
+        let response = request.send().await.expect("request");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
