@@ -243,7 +243,7 @@ impl Topology {
         js.create_consumer_on_stream(
             consumer::pull::Config {
                 filter_subject: "tern.delayed.due.>".to_string(),
-                ..pull(DELAYED_CONSUMER, Duration::from_secs(30), 10_000)
+                ..pull(DELAYED_CONSUMER, Duration::from_secs(30), 20_000)
             },
             DELAYED_STREAM,
         )

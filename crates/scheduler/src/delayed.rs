@@ -1,7 +1,7 @@
 //! Releasing delayed tasks when they fall due.
 //!
 //! The schedule fires a little early (see `tern_core::delayed::LEAD`); the scheduler
-//! naks the message for exactly the time left, then moves the task `scheduled →
+//! holds the message for exactly the time left, then moves the task `scheduled →
 //! queued` by compare-and-swap (a cancel that got there first wins, and the task is
 //! dropped) and publishes it to INTAKE.
 
@@ -18,11 +18,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::forward::ForwardError;
 
+/// The longest a due message is held in process before its time (schedules fire at
+/// most `LEAD` plus the server's timer tick early).
+const HOLD_AT_MOST: Duration = Duration::from_secs(5);
+
+/// Delayed tasks held or being released at once; holding is only a sleeping task.
+pub const MAX_IN_FLIGHT: usize = 10_000;
+
 /// Releases due tasks until `shutdown` fires.
 pub async fn run(
     js: jetstream::Context,
     tasks: TaskStore,
-    max_in_flight: usize,
     shutdown: CancellationToken,
 ) -> Result<(), ForwardError> {
     let shared = Arc::new((js.clone(), tasks));
@@ -30,7 +36,7 @@ pub async fn run(
         &js,
         DELAYED_STREAM,
         DELAYED_CONSUMER,
-        max_in_flight,
+        MAX_IN_FLIGHT,
         shutdown,
         move |message| {
             let shared = shared.clone();
@@ -50,11 +56,19 @@ async fn release(js: &jetstream::Context, tasks: &TaskStore, message: jetstream:
         return;
     };
     let remaining = task.not_before_ms - tern_core::now_ms();
-    if remaining > 1 {
+    if remaining > HOLD_AT_MOST.as_millis() as i64 {
+        // Far early (clock skew, or an early schedule): let JetStream hold it.
         let _ = message
             .ack_with(AckKind::Nak(Some(Duration::from_millis(remaining as u64))))
             .await;
         return;
+    }
+    if remaining > 1 {
+        // The last stretch is held here: a nak-with-delay would do it precisely, but
+        // after a burst of them the pull consumer stopped fetching redeliveries for
+        // seconds (see the README). Holding costs a permit; a crash meanwhile only
+        // makes JetStream redeliver the message after the ack wait.
+        tokio::time::sleep(Duration::from_millis(remaining as u64)).await;
     }
     let updated = tasks
         .update(&task.id, None, |r| match r.status() {

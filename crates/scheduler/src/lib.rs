@@ -59,7 +59,6 @@ impl Scheduler {
         let releasing = delayed::run(
             runtime.topology.js.clone(),
             tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
-            self.config.scheduler.max_in_flight,
             shutdown.clone(),
         );
         let forwarding = forward::run(
