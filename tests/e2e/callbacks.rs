@@ -330,16 +330,10 @@ async fn callback_ids_and_api_keys_never_reach_the_logs() {
         body["callback_url"].as_str().unwrap().to_string(),
     );
     assert!(callback_url.starts_with(&system.resolver_url));
+    let client = tern_tests::http();
     wait_until("waiting", Duration::from_secs(30), || async {
-        let task: Value = tern_tests::http()
-            .get(format!("{}/v1/tasks/{id}", system.api_url))
-            .bearer_auth(ACME.api_key)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let task =
+            tern_tests::load::fetch_task(&client, &system.api_url, ACME.api_key, &id).await?;
         (task["status"] == "waiting").then_some(())
     })
     .await;

@@ -32,6 +32,34 @@ fn submit_in_background(
     })
 }
 
+/// Submits `count` tasks to a slow `receiver` and waits until it holds `in_flight`.
+async fn submit_until_in_flight(
+    api_url: &str,
+    receiver: &Receiver,
+    count: usize,
+    in_flight: usize,
+) -> Accepted {
+    let accepted: Accepted = Default::default();
+    let url = receiver.url("/hook");
+    load::submit_all(
+        api_url,
+        ACME.api_key,
+        count,
+        32,
+        move |i| load::webhook(&url, i),
+        accepted.clone(),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_until(
+        &format!("{in_flight} deliveries in flight"),
+        Duration::from_secs(60),
+        || async { (receiver.in_flight() >= in_flight).then_some(()) },
+    )
+    .await;
+    accepted
+}
+
 /// Every accepted task succeeded, and the receiver saw each of them.
 async fn assert_all_delivered(
     api_url: &str,
@@ -71,24 +99,7 @@ async fn killing_a_worker_with_a_thousand_deliveries_in_flight_loses_nothing() {
         &[("TERN_WORKER__CONCURRENCY", TASKS.to_string())],
     )
     .await;
-    let accepted: Accepted = Default::default();
-    let url = receiver.url("/hook");
-    load::submit_all(
-        &system.api_url,
-        ACME.api_key,
-        TASKS,
-        32,
-        move |i| load::webhook(&url, i),
-        accepted.clone(),
-        Duration::from_secs(60),
-    )
-    .await;
-    wait_until(
-        "1,000 deliveries in flight",
-        Duration::from_secs(60),
-        || async { (receiver.in_flight() >= 1000).then_some(()) },
-    )
-    .await;
+    let accepted = submit_until_in_flight(&system.api_url, &receiver, TASKS, 1000).await;
 
     system.restart_worker().await;
 
@@ -294,17 +305,9 @@ async fn a_receiver_failing_30_percent_ends_every_task_as_its_policy_dictates() 
             Duration::from_secs(60),
             || {
                 let client = client.clone();
-                let url = format!("{}/v1/tasks/{id}", system.api_url);
+                let api_url = system.api_url.clone();
                 async move {
-                    let task: serde_json::Value = client
-                        .get(&url)
-                        .bearer_auth(ACME.api_key)
-                        .send()
-                        .await
-                        .ok()?
-                        .json()
-                        .await
-                        .ok()?;
+                    let task = load::fetch_task(&client, &api_url, ACME.api_key, id).await?;
                     let s = task["status"].as_str()?;
                     (s == "succeeded" || s == "dead").then_some(task)
                 }
@@ -354,24 +357,7 @@ async fn sigterm_finishes_in_flight_deliveries_and_hands_back_the_rest() {
         &[("TERN_WORKER__CONCURRENCY", "500".to_string())],
     )
     .await;
-    let accepted: Accepted = Default::default();
-    let url = receiver.url("/hook");
-    load::submit_all(
-        &system.api_url,
-        ACME.api_key,
-        TASKS,
-        32,
-        move |i| load::webhook(&url, i),
-        accepted.clone(),
-        Duration::from_secs(60),
-    )
-    .await;
-    wait_until(
-        "500 deliveries in flight",
-        Duration::from_secs(60),
-        || async { (receiver.in_flight() >= 500).then_some(()) },
-    )
-    .await;
+    let accepted = submit_until_in_flight(&system.api_url, &receiver, TASKS, 500).await;
 
     let started = std::time::Instant::now();
     let clean = system.worker.terminate(Duration::from_secs(20)).await;

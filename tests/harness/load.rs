@@ -73,6 +73,24 @@ pub fn webhook(url: &str, i: usize) -> Value {
     json!({"queue": "load", "webhook_url": url, "payload": {"i": i}})
 }
 
+/// `GET {api_url}/v1/tasks/{id}` as JSON; none when the call or its decoding fails.
+pub async fn fetch_task(
+    client: &reqwest::Client,
+    api_url: &str,
+    api_key: &str,
+    id: &str,
+) -> Option<Value> {
+    client
+        .get(format!("{api_url}/v1/tasks/{id}"))
+        .bearer_auth(api_key)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 /// Waits until every task in `ids` reports `status` (polling the status API in
 /// rounds), panicking after `timeout` with the first few stragglers.
 pub async fn wait_all_status(
@@ -90,18 +108,8 @@ pub async fn wait_all_status(
         for chunk in pending.chunks(64) {
             let results = futures::future::join_all(chunk.iter().map(|id| {
                 let client = client.clone();
-                let url = format!("{api_url}/v1/tasks/{id}");
-                let key = api_key.to_string();
                 async move {
-                    let body: Value = client
-                        .get(&url)
-                        .bearer_auth(&key)
-                        .send()
-                        .await
-                        .ok()?
-                        .json()
-                        .await
-                        .ok()?;
+                    let body = fetch_task(&client, api_url, api_key, id).await?;
                     Some(body["status"].as_str()?.to_string())
                 }
             }))

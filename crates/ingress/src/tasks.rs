@@ -301,9 +301,8 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no task {id:?}"));
-    if uuid::Uuid::try_parse(&id).is_err() {
-        return Err(not_found());
-    }
+    // Not a task id at all: answer as for an unknown task, without a lookup.
+    uuid::Uuid::try_parse(&id).map_err(|_| not_found())?;
     let now = tern_core::now_ms();
     let updated = state
         .tasks
@@ -346,9 +345,8 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no task {id:?}"));
-    if uuid::Uuid::try_parse(&id).is_err() {
-        return Err(not_found());
-    }
+    // Not a task id at all: answer as for an unknown task, without a lookup.
+    uuid::Uuid::try_parse(&id).map_err(|_| not_found())?;
     match state.tasks.get(&id).await? {
         Some((record, _)) if record.tenant_id == tenant.id => Ok(Json(TaskView::from(&record))),
         _ => Err(not_found()),
