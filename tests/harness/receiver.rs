@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 /// One request as the receiver saw it.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// Request method.
+    pub method: axum::http::Method,
     /// Request path.
     pub path: String,
     /// Headers.
@@ -142,11 +144,13 @@ impl Drop for Receiver {
 
 async fn record(
     State(shared): State<Arc<Shared>>,
+    method: axum::http::Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let received = Received {
+        method,
         path: uri.path().to_string(),
         headers,
         body,

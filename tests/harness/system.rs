@@ -67,6 +67,9 @@ pub struct TernSystem {
     resolver: Option<Running>,
 }
 
+/// `proxy.secret_key` of the test configuration.
+pub const PROXY_KEY: &str = "test-proxy-sealing-key-0123456789abcdef";
+
 /// Admin token of the test configuration.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -104,6 +107,8 @@ pub fn test_config_toml(nats_url: &str) -> String {
         rate_limit = 100000
         [outbound]
         allowed_networks = ["127.0.0.0/8", "::1/128"]
+        [proxy]
+        secret_key = "{proxy_key}"
         [retry]
         max_retries = 3
         initial_delay = "100ms"
@@ -127,6 +132,7 @@ pub fn test_config_toml(nats_url: &str) -> String {
         globex_hash = hash_api_key(GLOBEX.api_key),
         globex_secret = GLOBEX.secret,
         admin_token = ADMIN_TOKEN,
+        proxy_key = PROXY_KEY,
     )
 }
 

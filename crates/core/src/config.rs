@@ -75,6 +75,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// Default retry policy of queues that set none.
     pub retry: RetryDefaults,
+    /// Proxied calls (`POST /v1/proxy`) and routes.
+    pub proxy: ProxyConfig,
     /// Logging.
     pub log: LogConfig,
     /// Async runtime sizing.
@@ -270,6 +272,36 @@ pub struct OutboundConfig {
     pub allowed_networks: Vec<IpNet>,
 }
 
+/// Proxied calls and routes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyConfig {
+    /// Key (any passphrase, 32+ characters) that seals proxied requests' headers and
+    /// route credentials at rest; every service must have the same one. Without it
+    /// the proxy API refuses requests.
+    pub secret_key: Option<Secret<String>>,
+    /// How long an `X-Proxy-Idempotency-Key` returns the first job.
+    pub idempotency_window: HumanDuration,
+    /// Largest upstream response body (it travels to the callback in a message).
+    pub max_response_bytes: usize,
+    /// Longest a synchronous proxied call (all its retries) may take.
+    pub sync_deadline: HumanDuration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            secret_key: None,
+            idempotency_window: HumanDuration(std::time::Duration::from_secs(60)),
+            max_response_bytes: 1024 * 1024,
+            sync_deadline: HumanDuration(std::time::Duration::from_secs(120)),
+        }
+    }
+}
+
+/// Shortest accepted `proxy.secret_key`.
+pub const MIN_PROXY_SECRET_LEN: usize = 32;
+
 /// Retry policy applied when neither queue nor task says otherwise.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -421,6 +453,16 @@ impl Config {
         if self.scheduler.max_in_flight == 0 {
             return invalid("scheduler.max_in_flight must be at least 1".into());
         }
+        if let Some(key) = &self.proxy.secret_key
+            && key.expose().len() < MIN_PROXY_SECRET_LEN
+        {
+            return invalid(format!(
+                "proxy.secret_key must be at least {MIN_PROXY_SECRET_LEN} characters"
+            ));
+        }
+        if self.proxy.max_response_bytes == 0 || self.proxy.max_response_bytes > 2 * 1024 * 1024 {
+            return invalid("proxy.max_response_bytes must be 1..=2097152".into());
+        }
         let mut seen = std::collections::HashSet::new();
         for tenant in &self.tenants {
             if !crate::topology::is_subject_token(&tenant.id) {
@@ -463,6 +505,8 @@ mod tests {
         token = "nats-token-value"
         [ingress]
         listen = "0.0.0.0:8080"
+        [proxy]
+        secret_key = "proxy-secret-key-value-0123456789abcdef"
         [retry]
         max_retries = 5
         backoff = "fixed"
@@ -493,6 +537,7 @@ mod tests {
                 "{printed}"
             );
             assert!(!printed.contains("nats-token-value"), "{printed}");
+            assert!(!printed.contains("proxy-secret-key-value"), "{printed}");
             assert!(printed.contains("<redacted>"));
         }
     }
@@ -505,6 +550,8 @@ mod tests {
         assert!(Config::from_toml(&bad_secret).is_err());
         let bad_hash = SAMPLE.replace("sha256:4e77", "md5:4e77");
         assert!(Config::from_toml(&bad_hash).is_err());
+        let short_key = SAMPLE.replace("proxy-secret-key-value-0123456789abcdef", "short");
+        assert!(Config::from_toml(&short_key).is_err());
     }
 
     #[test]

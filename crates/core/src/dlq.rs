@@ -180,7 +180,9 @@ impl DeadLetters {
                     return Change::Decline;
                 }
                 r.status = TaskStatus::Queued as i32;
-                r.retry_base = r.attempts.len() as u32;
+                // Attempt numbers count rounds (a cascade makes several calls per
+                // round), so the budget restarts after the last round's number.
+                r.retry_base = r.attempts.last().map_or(0, |a| a.number);
                 r.budget_started_at_ms = now;
                 r.redrives += 1;
                 r.last_error.clear();

@@ -39,6 +39,12 @@ pub enum Claim {
     },
     /// The key was used with a different request.
     Conflict,
+    /// The key's earlier use is older than the caller's window: it is free again,
+    /// to be taken over at this revision.
+    Expired {
+        /// Revision of the old claim.
+        revision: u64,
+    },
 }
 
 /// The bucket key for (tenant, client key): hex SHA-256, safe as a KV key.
@@ -93,11 +99,14 @@ impl IdempotencyStore {
     }
 
     /// Claims `key` for a request with `fingerprint` that would create `task_id`.
+    /// With a `window`, an earlier use older than it no longer counts (the bucket's
+    /// TTL bounds every key anyway).
     pub async fn claim(
         &self,
         key: &str,
         fingerprint: &[u8],
         task_id: &str,
+        window: Option<std::time::Duration>,
     ) -> Result<Claim, StoreError> {
         let record = encode_claim(fingerprint, task_id, false);
         match self.kv.create(key, record).await {
@@ -105,11 +114,16 @@ impl IdempotencyStore {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(unavailable(e)),
         }
-        self.inspect(key, fingerprint).await
+        self.inspect(key, fingerprint, window).await
     }
 
     /// Reads the current claim of `key` as seen by a request with `fingerprint`.
-    pub async fn inspect(&self, key: &str, fingerprint: &[u8]) -> Result<Claim, StoreError> {
+    pub async fn inspect(
+        &self,
+        key: &str,
+        fingerprint: &[u8],
+        window: Option<std::time::Duration>,
+    ) -> Result<Claim, StoreError> {
         let Some(entry) = self.kv.entry(key).await.map_err(unavailable)? else {
             // Expired or released between our create and this read: the caller retries.
             return Ok(Claim::InProgress {
@@ -125,6 +139,16 @@ impl IdempotencyStore {
         }
         let existing = IdempotencyRecord::decode(entry.value)
             .map_err(|e| StoreError::Corrupt(key.to_string(), e))?;
+        // Only a completed use expires: one still in progress is waited for (or taken
+        // over when abandoned) whatever the window.
+        if let Some(window) = window
+            && existing.completed
+            && crate::now_ms().saturating_sub(existing.created_at_ms) > window.as_millis() as i64
+        {
+            return Ok(Claim::Expired {
+                revision: entry.revision,
+            });
+        }
         Ok(if existing.fingerprint.as_ref() != fingerprint {
             Claim::Conflict
         } else if existing.completed {

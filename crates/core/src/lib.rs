@@ -1,7 +1,8 @@
 //! Shared building blocks of the Tern services.
 //!
 //! Anything more than one binary needs lives here: configuration, Standard Webhooks
-//! signing, idempotency, retry backoff, the outbound URL guard, the JetStream
+//! signing, idempotency, retry backoff and decisions, the HTTP executor, the outbound
+//! URL guard, proxied calls and sealing of their credentials, the JetStream
 //! topology, the task record store, health/metrics endpoints and shutdown.
 
 pub mod backoff;
@@ -11,14 +12,19 @@ pub mod delayed;
 pub mod dlq;
 pub mod duration;
 pub mod endpoints;
+pub mod executor;
 pub mod idempotency;
 pub mod kv_cache;
 pub mod nats;
 pub mod notify;
 pub mod ops;
 pub mod policy;
+pub mod proxy;
 pub mod queues;
+pub mod retry;
+pub mod round;
 pub mod schedule;
+pub mod sealing;
 pub mod service;
 pub mod shutdown;
 pub mod signing;

@@ -169,7 +169,16 @@ pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
     let (target_url, awaits_callback) = match &task.work {
         Some(Work::Webhook(w)) => (w.url.clone(), !w.callback_url.is_empty()),
         Some(Work::Notify(n)) => (n.url.clone(), false),
+        Some(Work::Proxy(p)) => (
+            p.targets.first().map(|t| t.url.clone()).unwrap_or_default(),
+            false,
+        ),
+        Some(Work::ProxyCallback(c)) => (c.url.clone(), false),
         None => (String::new(), false),
+    };
+    let (callback_url, route_key) = match &task.work {
+        Some(Work::Proxy(p)) => (p.callback_url.clone(), p.route_key.clone()),
+        _ => (String::new(), String::new()),
     };
     TaskRecord {
         id: task.id.clone(),
@@ -189,6 +198,8 @@ pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
         callback_deadline_ms: task.callback_deadline_ms,
         notify_url: task.notify_url.clone(),
         retry: task.retry,
+        callback_url,
+        route_key,
         ..Default::default()
     }
 }

@@ -57,6 +57,15 @@ pub struct TaskView {
     /// Where the work goes.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub webhook_url: String,
+    /// Proxied calls: the upstream (the first target of a route).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub upstream_url: String,
+    /// Proxied calls: the route whose targets are called.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub route_key: String,
+    /// Proxied calls: where the outcome is delivered.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub callback_url: String,
     /// When it was accepted.
     pub created_at: String,
     /// When it last changed.
@@ -95,6 +104,12 @@ pub struct AttemptView {
     /// The start of the response body, or the error's description.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub response: String,
+    /// The URL called (proxied calls; a cascade calls several per round).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// Proxied calls: `upstream` or `callback`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub phase: String,
 }
 
 /// The result of a finished task.
@@ -120,6 +135,12 @@ impl From<&Attempt> for AttemptView {
             status_code: (a.status_code != 0).then_some(a.status_code),
             error: attempt_error_name(a.error()),
             response: a.response_excerpt.clone(),
+            url: if a.phase.is_empty() {
+                String::new()
+            } else {
+                a.url.clone()
+            },
+            phase: a.phase.clone(),
         }
     }
 }
@@ -130,7 +151,19 @@ impl From<&TaskRecord> for TaskView {
             task_id: r.id.clone(),
             status: status_name(r.status()),
             queue: r.queue.clone(),
-            webhook_url: r.target_url.clone(),
+            // A proxied call has a callback URL; its target is an upstream.
+            webhook_url: if r.callback_url.is_empty() {
+                r.target_url.clone()
+            } else {
+                String::new()
+            },
+            upstream_url: if r.callback_url.is_empty() {
+                String::new()
+            } else {
+                r.target_url.clone()
+            },
+            route_key: r.route_key.clone(),
+            callback_url: r.callback_url.clone(),
             created_at: rfc3339(r.created_at_ms),
             updated_at: rfc3339(r.updated_at_ms),
             scheduled_for: (r.scheduled_for_ms != 0).then(|| rfc3339(r.scheduled_for_ms)),

@@ -36,6 +36,8 @@ pub const QUEUES_BUCKET: &str = "tern_queues";
 pub const ENDPOINTS_BUCKET: &str = "tern_endpoints";
 /// KV bucket of pending callbacks (per-key TTL).
 pub const CALLBACKS_BUCKET: &str = "tern_callbacks";
+/// KV bucket of proxy routes.
+pub const ROUTES_BUCKET: &str = "tern_routes";
 /// Stream of durable timers (JetStream message schedules).
 pub const TIMERS_STREAM: &str = "TERN_TIMERS";
 /// Durable consumer of the scheduler on fired timers.
@@ -134,6 +136,8 @@ pub struct Topology {
     pub endpoints: kv::Store,
     /// Pending callbacks.
     pub callbacks: kv::Store,
+    /// Proxy routes.
+    pub routes: kv::Store,
 }
 
 /// Why the topology could not be created or opened.
@@ -289,6 +293,11 @@ impl Topology {
             .await
             .map_err(err("create bucket tern_callbacks"))?;
 
+        let routes = js
+            .create_or_update_key_value(bucket(ROUTES_BUCKET, Duration::ZERO))
+            .await
+            .map_err(err("create bucket tern_routes"))?;
+
         Ok(Self {
             js,
             tasks,
@@ -296,6 +305,7 @@ impl Topology {
             queues,
             endpoints,
             callbacks,
+            routes,
         })
     }
 

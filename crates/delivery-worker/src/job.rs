@@ -1,38 +1,88 @@
-//! A unit of work as the executor sees it: one HTTP request per attempt.
+//! A unit of work as the executor sees it: the requests of one attempt round, how
+//! their answers are judged, and what follows success and exhaustion.
 //!
-//! Every kind of task (webhook today; proxied calls, provider dispatches and
-//! completion notifications later) becomes an [`HttpJob`], so the executor has a
-//! single code path and only this mapping knows the kinds apart.
+//! Every kind of task (webhook, await-callback dispatch, completion notification,
+//! proxied call and its callback delivery) becomes an [`HttpJob`], so the worker has
+//! a single code path and only this mapping knows the kinds apart.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use reqwest::Method;
+use tern_core::executor::{BodyLimit, HttpRequest, insert_header, json_headers};
+use tern_core::proxy::{self, ProxyError};
+use tern_core::retry::Receiver;
+use tern_core::round::Target;
+use tern_core::sealing::Sealer;
 use tern_proto::v1::{Task, task::Work};
 
-/// One attempt's HTTP request.
-#[derive(Debug, Clone)]
-pub struct HttpJob {
-    /// Target URL.
-    pub url: String,
-    /// Request body.
-    pub body: Bytes,
-    /// Its content type.
-    pub content_type: &'static str,
-    /// Stable across attempts: the receiver dedups by it (`webhook-id`).
-    pub message_id: String,
-    /// Per-attempt timeout.
-    pub timeout: Duration,
-    /// For await-callback dispatches: sent as `X-Tern-Callback-URL`.
-    pub callback_url: Option<String>,
+/// What the worker needs besides the task to build a job.
+pub struct JobContext<'a> {
+    /// Opens sealed proxy headers; none when `proxy.secret_key` is not configured.
+    pub sealer: Option<&'a Sealer>,
+    /// Largest upstream body a proxied call keeps.
+    pub max_proxy_response_bytes: usize,
 }
 
-/// Why a task cannot be turned into a request.
+/// What a 2xx round leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnSuccess {
+    /// The task succeeded; the response is its result.
+    Complete,
+    /// The provider accepted a dispatch; only its callback (or the deadline) ends
+    /// the task.
+    AwaitCallback,
+    /// The response is the result, delivered next by a follow-up callback message.
+    DeliverResult,
+    /// The task ends as its earlier phase decided (a proxied call's outcome reached
+    /// the callback): succeeded, or failed with this error. The result stays.
+    Settle {
+        /// The upstream's failure, when it failed.
+        failure: Option<String>,
+    },
+}
+
+/// What running out of retries (or a permanent failure) leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnExhaustion {
+    /// Dead-letter the task (a permanent failure fails it).
+    DeadLetter,
+    /// Deliver the failure payload by a follow-up callback message.
+    DeliverFailure,
+}
+
+/// One task's work as HTTP.
+#[derive(Debug)]
+pub struct HttpJob {
+    /// Called in order each round; the first 2xx wins.
+    pub targets: Vec<Target>,
+    /// Sign each request with the task id as `webhook-id` (same on every attempt).
+    pub signed: bool,
+    /// How answers are judged.
+    pub receiver: Receiver,
+    /// Attempt records' phase ("" for single-phase tasks).
+    pub phase: &'static str,
+    /// After a 2xx.
+    pub on_success: OnSuccess,
+    /// After the last failure.
+    pub on_exhaustion: OnExhaustion,
+}
+
+/// Why a task cannot be turned into requests.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The message carries no work (a producer bug).
     #[error("task {0} carries no work")]
     NoWork(String),
+    /// A proxied call's sealed headers cannot be opened here.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
 }
+
+/// Phase name of a proxied call's upstream attempts.
+pub const PHASE_UPSTREAM: &str = "upstream";
+/// Phase name of a proxied call's callback attempts.
+pub const PHASE_CALLBACK: &str = "callback";
 
 /// The webhook envelope `{"task_id","queue","payload","attempt"}`, payload verbatim.
 pub fn webhook_envelope(task_id: &str, queue: &str, payload_json: &[u8], attempt: u32) -> Bytes {
@@ -55,8 +105,28 @@ pub fn webhook_envelope(task_id: &str, queue: &str, payload_json: &[u8], attempt
     Bytes::from(body)
 }
 
-/// The request for attempt number `attempt` of `task`.
-pub fn build(task: &Task, attempt: u32) -> Result<HttpJob, JobError> {
+/// A signed single-target delivery (webhook, notification, callback).
+fn delivery(
+    url: &str,
+    headers: reqwest::header::HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+) -> Vec<Target> {
+    vec![Target {
+        request: HttpRequest {
+            method: Method::POST,
+            url: url.to_string(),
+            headers,
+            body,
+            timeout,
+            keep_body: BodyLimit::Excerpt,
+        },
+        retries: 0,
+    }]
+}
+
+/// The job for attempt round number `attempt` of `task`.
+pub fn build(task: &Task, attempt: u32, ctx: &JobContext<'_>) -> Result<HttpJob, JobError> {
     let timeout = Duration::from_millis(
         task.retry
             .as_ref()
@@ -64,24 +134,77 @@ pub fn build(task: &Task, attempt: u32) -> Result<HttpJob, JobError> {
             .filter(|t| *t > 0)
             .unwrap_or(30_000),
     );
+    let deliver = |targets, on_success| HttpJob {
+        targets,
+        signed: true,
+        receiver: Receiver::Webhook,
+        phase: "",
+        on_success,
+        on_exhaustion: OnExhaustion::DeadLetter,
+    };
     match &task.work {
-        Some(Work::Webhook(webhook)) => Ok(HttpJob {
-            url: webhook.url.clone(),
-            body: webhook_envelope(&task.id, &task.queue, &webhook.payload_json, attempt),
-            content_type: "application/json",
-            message_id: task.id.clone(),
-            timeout,
-            callback_url: (!webhook.callback_url.is_empty()).then(|| webhook.callback_url.clone()),
-        }),
+        Some(Work::Webhook(webhook)) => {
+            let mut headers = json_headers();
+            let awaits = !webhook.callback_url.is_empty();
+            if awaits {
+                insert_header(&mut headers, "x-tern-callback-url", &webhook.callback_url);
+            }
+            let body = webhook_envelope(&task.id, &task.queue, &webhook.payload_json, attempt);
+            Ok(deliver(
+                delivery(&webhook.url, headers, body, timeout),
+                if awaits {
+                    OnSuccess::AwaitCallback
+                } else {
+                    OnSuccess::Complete
+                },
+            ))
+        }
         // The event is fixed; its id (this task's id) is the same on every attempt.
-        Some(Work::Notify(notify)) => Ok(HttpJob {
-            url: notify.url.clone(),
-            body: notify.event_json.clone(),
-            content_type: "application/json",
-            message_id: task.id.clone(),
-            timeout,
-            callback_url: None,
+        Some(Work::Notify(notify)) => Ok(deliver(
+            delivery(
+                &notify.url,
+                json_headers(),
+                notify.event_json.clone(),
+                timeout,
+            ),
+            OnSuccess::Complete,
+        )),
+        // Upstream calls are the client's own requests, forwarded: not signed (a
+        // third-party API has no use for Tern's signature) and judged as an upstream.
+        Some(Work::Proxy(work)) => Ok(HttpJob {
+            targets: proxy::targets(
+                work,
+                &task.tenant_id,
+                ctx.sealer,
+                timeout,
+                ctx.max_proxy_response_bytes,
+            )?,
+            signed: false,
+            receiver: Receiver::Upstream,
+            phase: PHASE_UPSTREAM,
+            on_success: OnSuccess::DeliverResult,
+            on_exhaustion: OnExhaustion::DeliverFailure,
         }),
+        Some(Work::ProxyCallback(callback)) => {
+            let mut headers = reqwest::header::HeaderMap::new();
+            insert_header(&mut headers, "content-type", &callback.content_type);
+            insert_header(&mut headers, "x-tern-job-id", &task.id);
+            insert_header(
+                &mut headers,
+                "x-tern-upstream-status",
+                &callback.upstream_status.to_string(),
+            );
+            Ok(HttpJob {
+                phase: PHASE_CALLBACK,
+                ..deliver(
+                    delivery(&callback.url, headers, callback.body.clone(), timeout),
+                    OnSuccess::Settle {
+                        failure: (!callback.upstream_error.is_empty())
+                            .then(|| callback.upstream_error.clone()),
+                    },
+                )
+            })
+        }
         None => Err(JobError::NoWork(task.id.clone())),
     }
 }
@@ -89,7 +212,12 @@ pub fn build(task: &Task, attempt: u32) -> Result<HttpJob, JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_proto::v1::WebhookWork;
+    use tern_proto::v1::{ProxyCallbackWork, WebhookWork};
+
+    const CTX: JobContext<'static> = JobContext {
+        sealer: None,
+        max_proxy_response_bytes: 1024,
+    };
 
     #[test]
     fn envelope_is_json_with_the_payload_verbatim() {
@@ -115,9 +243,38 @@ mod tests {
             })),
             ..Default::default()
         };
-        let job = build(&task, 1).unwrap();
-        assert_eq!(job.message_id, "t");
-        assert_eq!(job.timeout, Duration::from_secs(30));
-        assert!(build(&Task::default(), 1).is_err());
+        let job = build(&task, 1, &CTX).unwrap();
+        assert!(job.signed);
+        assert_eq!(job.on_success, OnSuccess::Complete);
+        assert_eq!(job.targets.len(), 1);
+        assert_eq!(job.targets[0].request.timeout, Duration::from_secs(30));
+        assert!(build(&Task::default(), 1, &CTX).is_err());
+    }
+
+    #[test]
+    fn a_failed_upstreams_callback_settles_the_task_as_failed() {
+        let task = Task {
+            id: "job".into(),
+            work: Some(Work::ProxyCallback(ProxyCallbackWork {
+                url: "http://example.com/cb".into(),
+                body: bytes::Bytes::from_static(b"{}"),
+                content_type: "application/json".into(),
+                upstream_status: 503,
+                upstream_error: "upstream_failed: HTTP 503".into(),
+            })),
+            ..Default::default()
+        };
+        let job = build(&task, 5, &CTX).unwrap();
+        assert_eq!(job.phase, PHASE_CALLBACK);
+        assert_eq!(job.on_exhaustion, OnExhaustion::DeadLetter);
+        let headers = &job.targets[0].request.headers;
+        assert_eq!(headers["x-tern-job-id"], "job");
+        assert_eq!(headers["x-tern-upstream-status"], "503");
+        assert_eq!(
+            job.on_success,
+            OnSuccess::Settle {
+                failure: Some("upstream_failed: HTTP 503".into())
+            }
+        );
     }
 }

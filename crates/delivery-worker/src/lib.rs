@@ -5,10 +5,8 @@
 //! worker stops pulling, lets in-flight calls finish within the grace period, and
 //! hands anything left back to JetStream for immediate redelivery.
 
-pub mod executor;
 pub mod job;
 pub mod process;
-pub mod retry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,8 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::Executor;
 use crate::process::Context;
+use tern_core::executor::Executor;
 
 /// A bound worker, ready to run.
 pub struct Worker {
@@ -72,6 +70,12 @@ impl Worker {
                 shutdown.child_token(),
             ),
             progress_every: config.worker.ack_wait.get() / 3,
+            sealer: config
+                .proxy
+                .secret_key
+                .as_ref()
+                .map(|key| tern_core::sealing::Sealer::from_secret(key.expose())),
+            max_proxy_response_bytes: config.proxy.max_response_bytes,
         });
         let ops_shutdown = CancellationToken::new();
         let ops = tokio::spawn(tern_core::ops::serve(

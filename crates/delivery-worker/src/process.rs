@@ -1,5 +1,6 @@
-//! One READY message from start to finish: claim the task, attempt it, record the
-//! attempt, then ack, nak with the retry delay, or dead-letter.
+//! One READY message from start to finish: claim the task, run an attempt round of
+//! its job, record the attempts, then ack, nak with the retry delay, dead-letter, or
+//! hand the outcome to a follow-up (a proxied call's callback).
 //!
 //! Ordering matters for crash safety: the record is written before the message is
 //! acked or nak'd, so a crash in between redelivers a message whose record already
@@ -10,17 +11,21 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use tern_core::endpoints::Endpoints;
+use tern_core::executor::{AttemptOutcome, AttemptResult, Executor, Signing, excerpt};
+use tern_core::retry::{self, Receiver, Step};
+use tern_core::round::{self, Round};
+use tern_core::sealing::Sealer;
 use tern_core::task_store::{Change, TaskStore, Updated, initial_record, is_terminal};
 use tern_core::tenants::Tenants;
-use tern_core::topology::dlq_subject;
+use tern_core::topology::{dlq_subject, intake_subject};
 use tern_core::url_guard::FailureKind;
 use tern_proto::Message;
-use tern_proto::v1::{Attempt, AttemptError, DeadLetter, Task, TaskRecord, TaskResult, TaskStatus};
+use tern_proto::v1::{
+    Attempt, AttemptError, DeadLetter, Task, TaskRecord, TaskResult, TaskStatus, task::Work,
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{AttemptOutcome, AttemptResult, Executor};
-use crate::job;
-use crate::retry::{self, Step, Verdict};
+use crate::job::{self, JobContext, OnExhaustion, OnSuccess};
 
 /// Everything message processing needs, shared by all in-flight deliveries.
 pub struct Context {
@@ -36,6 +41,10 @@ pub struct Context {
     pub endpoints: Endpoints,
     /// Progress acks are sent this often during a call (a third of the ack wait).
     pub progress_every: Duration,
+    /// Opens proxied calls' sealed headers (`proxy.secret_key`).
+    pub sealer: Option<Sealer>,
+    /// Largest upstream response body a proxied call keeps.
+    pub max_proxy_response_bytes: usize,
 }
 
 /// Processes one message; never panics on bad input, always acks, naks or terms.
@@ -73,64 +82,115 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
         }
     };
 
-    let attempt_number = record.attempts.len() as u32 + 1;
-    let outcome = match ctx.tenants.by_id(&task.tenant_id) {
-        None => refused(
+    // Attempt numbers count rounds: a cascade's calls in one round share one.
+    let attempt_number = record.attempts.last().map_or(0, |a| a.number) + 1;
+    let job_ctx = JobContext {
+        sealer: ctx.sealer.as_ref(),
+        max_proxy_response_bytes: ctx.max_proxy_response_bytes,
+    };
+    let job = job::build(&task, attempt_number, &job_ctx);
+    let (receiver, phase) = match &job {
+        Ok(job) => (job.receiver, job.phase),
+        Err(_) => (Receiver::Webhook, ""),
+    };
+    let round = match (ctx.tenants.by_id(&task.tenant_id), &job) {
+        (None, _) => refused_round(
+            &task,
             FailureKind::Other,
             &format!("tenant {} is no longer configured", task.tenant_id),
         ),
-        Some(tenant) => match job::build(&task, attempt_number) {
-            Err(e) => refused(FailureKind::Other, &e.to_string()),
-            Ok(job) => match ctx.endpoints.disabled(&task.tenant_id, &job.url) {
-                Some(disabled) => refused_endpoint(&disabled),
-                None => {
-                    let call = ctx.executor.execute(&job, &tenant.signer);
-                    tokio::select! {
-                        outcome = with_progress(&message, ctx.progress_every, call) => outcome,
-                        _ = abort.cancelled() => {
-                            // Shutdown grace is over: hand the message back for immediate redelivery.
-                            let _ = message.ack_with(AckKind::Nak(None)).await;
-                            return;
-                        }
+        (_, Err(e)) => refused_round(&task, FailureKind::Other, &e.to_string()),
+        (Some(tenant), Ok(job)) => {
+            let shared: &Context = &ctx;
+            let task = &task;
+            let call = round::run(&job.targets, job.receiver, |request| {
+                let signing = job.signed.then(|| Signing {
+                    signer: &tenant.signer,
+                    message_id: &task.id,
+                });
+                // Only signed deliveries go to endpoints a 410 can disable; an
+                // upstream's 410 is its answer to this one request.
+                let disabled = job
+                    .signed
+                    .then(|| shared.endpoints.disabled(&task.tenant_id, &request.url))
+                    .flatten();
+                async move {
+                    match disabled {
+                        Some(disabled) => refused_endpoint(&disabled),
+                        None => shared.executor.execute(request, signing).await,
                     }
                 }
-            },
-        },
+            });
+            tokio::select! {
+                round = with_progress(&message, ctx.progress_every, call) => round,
+                _ = abort.cancelled() => {
+                    // Shutdown grace is over: hand the message back for immediate redelivery.
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    return;
+                }
+            }
+        }
     };
 
-    let verdict = verdict_of(&outcome);
+    let verdict = round.verdict(receiver);
     let policy = task.retry.unwrap_or_default();
     let now = tern_core::now_ms();
-    let budget_started = if record.budget_started_at_ms > 0 {
-        record.budget_started_at_ms
-    } else {
-        task.created_at_ms
-    };
+    // A phase's budget starts with its first message (a proxied call's callback
+    // message is created when the upstream phase ends), or at a re-drive.
+    let budget_started = record
+        .budget_started_at_ms
+        .max(record.created_at_ms)
+        .max(task.created_at_ms);
     let step = retry::decide(
         &policy,
-        attempt_number.saturating_sub(record.retry_base),
+        rounds_in_budget(&record, phase) + 1,
         budget_started,
         now,
         &verdict,
         &mut rand::rng(),
     );
-    let attempt = attempt_record(attempt_number, &outcome);
-    record_metrics(&outcome, &step);
+    let attempts: Vec<Attempt> = round
+        .calls
+        .iter()
+        .map(|(url, outcome)| attempt_record(attempt_number, url, phase, outcome))
+        .collect();
+    for (_, outcome) in &round.calls {
+        record_metrics(outcome, &step);
+    }
+    let (on_success, on_exhaustion) = match &job {
+        Ok(job) => (job.on_success.clone(), job.on_exhaustion.clone()),
+        Err(_) => (OnSuccess::Complete, OnExhaustion::DeadLetter),
+    };
+    let follow_up = matches!(
+        (&step, &on_success, &on_exhaustion),
+        (Step::Succeed, OnSuccess::DeliverResult, _)
+            | (
+                Step::Fail(_) | Step::Dead(_),
+                _,
+                OnExhaustion::DeliverFailure
+            )
+    );
 
     // What must be true before the record says so: a disabled endpoint before a
-    // 410 failure is recorded, a dead letter before the task is marked dead.
+    // 410 failure is recorded, a dead letter before the task is marked dead, the
+    // callback message before the upstream phase is recorded as over.
     let prepared = match &step {
-        Step::Fail(reason) if outcome.status() == Some(410) => match task_url(&task) {
-            Some(url) => ctx
-                .endpoints
-                .disable(&task.tenant_id, url, &task.id, reason)
-                .await
-                .map_err(|e| format!("could not disable endpoint: {e}")),
-            None => Ok(()),
-        },
+        _ if follow_up => publish_callback(&ctx, &task, &round, &step)
+            .await
+            .map_err(|e| format!("could not queue the callback: {e}")),
+        Step::Fail(reason) if receiver == Receiver::Webhook => {
+            match round.calls.last().filter(|(_, o)| o.status() == Some(410)) {
+                Some((url, _)) => ctx
+                    .endpoints
+                    .disable(&task.tenant_id, url, &task.id, reason)
+                    .await
+                    .map_err(|e| format!("could not disable endpoint: {e}")),
+                None => Ok(()),
+            }
+        }
         Step::Dead(reason) => {
             let mut dead_record = record.clone();
-            dead_record.attempts.push(attempt.clone());
+            dead_record.attempts.extend(attempts.iter().cloned());
             dead_record.status = TaskStatus::Dead as i32;
             dead_record.last_error = reason.clone();
             publish_dead_letter(&ctx, &task, dead_record, reason)
@@ -147,25 +207,38 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
         return;
     }
 
-    let result = result_of(&outcome);
-    let awaits_callback = record.awaits_callback;
+    let result = round.winning().and_then(|(_, outcome)| result_of(outcome));
     let written = finish(&ctx, &task.id, (record, revision), |r| {
-        r.attempts.push(attempt.clone());
+        r.attempts.extend(attempts.iter().cloned());
         r.next_attempt_at_ms = 0;
-        match &step {
+        match (&step, &on_success) {
+            // The upstream answered: its response is the result; the task ends when
+            // the callback has it.
+            (Step::Succeed, OnSuccess::DeliverResult) => r.result = result.clone(),
             // The provider accepted the dispatch; only its callback (or the deadline)
             // ends the task now. A callback that already arrived has finished it.
-            Step::Succeed if awaits_callback => r.status = TaskStatus::Waiting as i32,
-            Step::Succeed => {
+            (Step::Succeed, OnSuccess::AwaitCallback) => r.status = TaskStatus::Waiting as i32,
+            (Step::Succeed, OnSuccess::Complete) => {
                 r.status = TaskStatus::Succeeded as i32;
                 r.result = result.clone();
             }
-            Step::Retry(delay) => r.next_attempt_at_ms = now + delay.as_millis() as i64,
-            Step::Fail(reason) => {
+            (Step::Succeed, OnSuccess::Settle { failure: None }) => {
+                r.status = TaskStatus::Succeeded as i32;
+            }
+            (Step::Succeed, OnSuccess::Settle { failure: Some(e) }) => {
+                r.status = TaskStatus::Failed as i32;
+                r.last_error = e.clone();
+            }
+            (Step::Retry(delay), _) => r.next_attempt_at_ms = now + delay.as_millis() as i64,
+            // The failure payload is on its way to the callback.
+            (Step::Fail(reason) | Step::Dead(reason), _) if follow_up => {
+                r.last_error = format!("upstream_failed: {reason}");
+            }
+            (Step::Fail(reason), _) => {
                 r.status = TaskStatus::Failed as i32;
                 r.last_error = reason.clone();
             }
-            Step::Dead(reason) => {
+            (Step::Dead(reason), _) => {
                 r.status = TaskStatus::Dead as i32;
                 r.last_error = reason.clone();
             }
@@ -177,6 +250,62 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
         _ => AckKind::Ack,
     };
     settle(&ctx, &message, written, ack).await;
+}
+
+/// Rounds of `phase` already made in the current retry budget (after a re-drive's
+/// base).
+fn rounds_in_budget(record: &TaskRecord, phase: &str) -> u32 {
+    let mut numbers: Vec<u32> = record
+        .attempts
+        .iter()
+        .filter(|a| a.phase == phase && a.number > record.retry_base)
+        .map(|a| a.number)
+        .collect();
+    numbers.dedup();
+    numbers.len() as u32
+}
+
+/// Queues the follow-up that delivers a proxied call's outcome to its callback.
+async fn publish_callback(
+    ctx: &Context,
+    task: &Task,
+    round: &Round,
+    step: &Step,
+) -> Result<(), String> {
+    let Some(Work::Proxy(work)) = &task.work else {
+        return Err("not a proxied call".into());
+    };
+    let failure = match step {
+        Step::Fail(reason) | Step::Dead(reason) => Some(reason.as_str()),
+        _ => None,
+    };
+    let callback = tern_core::proxy::callback_task(task, work, round, failure);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        tern_core::proxy::callback_message_id(&task.id).as_str(),
+    );
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(callback.encode_to_vec().into())
+        .headers(headers);
+    let tier = tern_core::tier::Tier::from_proto(task.tier());
+    ctx.js
+        .send_publish(intake_subject(tier, &task.tenant_id), publish)
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// A round that made no call: the job could not be built or its tenant is gone.
+fn refused_round(task: &Task, kind: FailureKind, message: &str) -> Round {
+    let url = tern_core::task_store::initial_record(task).target_url;
+    Round {
+        calls: vec![(url, AttemptOutcome::refused(kind, message))],
+        winner: None,
+        last_per_target: vec![0],
+    }
 }
 
 /// The claim: queued (or re-claimed processing, after a crash) becomes processing.
@@ -249,11 +378,11 @@ async fn settle(
     }
 }
 
-async fn with_progress<F: std::future::Future<Output = AttemptOutcome>>(
+async fn with_progress<T, F: std::future::Future<Output = T>>(
     message: &jetstream::Message,
     every: Duration,
     call: F,
-) -> AttemptOutcome {
+) -> T {
     tokio::pin!(call);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
@@ -263,17 +392,6 @@ async fn with_progress<F: std::future::Future<Output = AttemptOutcome>>(
                 let _ = message.ack_with(AckKind::Progress).await;
             }
         }
-    }
-}
-
-fn refused(kind: FailureKind, message: &str) -> AttemptOutcome {
-    AttemptOutcome {
-        started_at_ms: tern_core::now_ms(),
-        duration: Duration::ZERO,
-        result: AttemptResult::Failed {
-            kind,
-            message: message.to_string(),
-        },
     }
 }
 
@@ -292,50 +410,11 @@ fn refused_endpoint(disabled: &tern_proto::v1::DisabledEndpoint) -> AttemptOutco
     }
 }
 
-fn task_url(task: &Task) -> Option<&str> {
-    match &task.work {
-        Some(tern_proto::v1::task::Work::Webhook(w)) => Some(&w.url),
-        Some(tern_proto::v1::task::Work::Notify(n)) => Some(&n.url),
-        None => None,
-    }
-}
-
-fn verdict_of(outcome: &AttemptOutcome) -> Verdict {
-    match &outcome.result {
-        AttemptResult::Response { status, .. } if (200..300).contains(status) => Verdict::Success,
-        AttemptResult::Response { status: 410, .. } => {
-            Verdict::Permanent("HTTP 410 Gone: the endpoint is now disabled".into())
-        }
-        AttemptResult::Disabled { message } => Verdict::Permanent(message.clone()),
-        AttemptResult::Response {
-            status, headers, ..
-        } => Verdict::Retryable {
-            reason: format!("HTTP {status}"),
-            retry_after: (*status == 429 || *status == 503)
-                .then(|| headers.get("retry-after"))
-                .flatten()
-                .and_then(|v| {
-                    tern_core::backoff::parse_retry_after(v, std::time::SystemTime::now())
-                }),
-        },
-        AttemptResult::Failed { kind, message } => Verdict::Retryable {
-            reason: format!("{}: {message}", kind.as_str()),
-            retry_after: None,
-        },
-    }
-}
-
-fn attempt_record(number: u32, outcome: &AttemptOutcome) -> Attempt {
+fn attempt_record(number: u32, url: &str, phase: &str, outcome: &AttemptOutcome) -> Attempt {
     let (status_code, error, excerpt) = match &outcome.result {
-        AttemptResult::Response {
-            status,
-            body_excerpt,
-            ..
-        } => (
-            u32::from(*status),
-            AttemptError::Unspecified,
-            body_excerpt.clone(),
-        ),
+        AttemptResult::Response { status, body, .. } => {
+            (u32::from(*status), AttemptError::Unspecified, excerpt(body))
+        }
         AttemptResult::Failed { kind, message } => (0, attempt_error(*kind), message.clone()),
         AttemptResult::Disabled { message } => (0, AttemptError::EndpointDisabled, message.clone()),
     };
@@ -346,6 +425,8 @@ fn attempt_record(number: u32, outcome: &AttemptOutcome) -> Attempt {
         status_code,
         error: error as i32,
         response_excerpt: excerpt,
+        url: url.to_string(),
+        phase: phase.to_string(),
     }
 }
 
@@ -365,11 +446,18 @@ fn result_of(outcome: &AttemptOutcome) -> Option<TaskResult> {
         AttemptResult::Response {
             status,
             headers,
-            body_excerpt,
+            body,
         } => Some(TaskResult {
             status_code: u32::from(*status),
-            headers: headers.clone().into_iter().collect(),
-            body: body_excerpt.clone(),
+            // First value of each header (the record's map has one per name).
+            headers: headers
+                .keys()
+                .filter_map(|name| {
+                    let value = headers.get(name)?.to_str().ok()?;
+                    Some((name.as_str().to_string(), value.to_string()))
+                })
+                .collect(),
+            body: excerpt(body),
             duration_ms: outcome.duration.as_millis() as u64,
         }),
         AttemptResult::Failed { .. } | AttemptResult::Disabled { .. } => None,

@@ -118,7 +118,10 @@ fn view(letter: &DeadLetter, with_payload: bool) -> DeadLetterView {
             let bytes = match &task.work {
                 Some(Work::Webhook(w)) => &w.payload_json,
                 Some(Work::Notify(n)) => &n.event_json,
-                None => return None,
+                // A callback's body is shown when it is JSON (the failure payload,
+                // most upstream answers); the proxied request itself never dies.
+                Some(Work::ProxyCallback(c)) => &c.body,
+                Some(Work::Proxy(_)) | None => return None,
             };
             String::from_utf8(bytes.to_vec())
                 .ok()

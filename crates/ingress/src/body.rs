@@ -61,15 +61,7 @@ async fn read<T: DeserializeOwned>(req: Request, limit: usize) -> Result<JsonBod
     if !is_json(content_type) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let raw = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| {
-            if is_length_limit(&e) {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::BadRequest(format!("could not read request body: {e}"))
-            }
-        })?;
+    let raw = raw(req.into_body(), limit).await?;
     // The path tells the client which field is wrong ("retry.max_retries: …").
     let mut deserializer = serde_json::Deserializer::from_slice(&raw);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
@@ -87,6 +79,17 @@ async fn read<T: DeserializeOwned>(req: Request, limit: usize) -> Result<JsonBod
         .end()
         .map_err(|e| ApiError::InvalidJson(format!("request body is not valid JSON: {e}")))?;
     Ok(JsonBody { value, raw })
+}
+
+/// Reads a body of any type up to `limit` bytes (413 above it).
+pub async fn raw(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("could not read request body: {e}"))
+        }
+    })
 }
 
 /// True when reading stopped at the size limit (rather than a broken connection).

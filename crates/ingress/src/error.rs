@@ -19,6 +19,22 @@ pub enum ApiError {
     /// A header or path parameter is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// A control header is malformed or out of bounds; names the header.
+    #[error("{header}: {message}")]
+    InvalidHeader {
+        /// The header, as clients spell it (`X-Retry-Count`).
+        header: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A synchronous proxied call got no usable answer from its upstream.
+    #[error("{message}")]
+    Upstream {
+        /// 502, or 504 when the last call timed out.
+        status: u16,
+        /// Which upstream and its last error.
+        message: String,
+    },
     /// The JSON is well-formed but a field is missing or wrong.
     #[error("{0}")]
     Validation(String),
@@ -62,6 +78,11 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::InvalidHeader { .. } => (StatusCode::BAD_REQUEST, "invalid_header"),
+            ApiError::Upstream { status: 504, .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+            }
+            ApiError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType => {

@@ -8,8 +8,11 @@ mod admin;
 mod auth;
 mod body;
 mod error;
+mod idempotent;
 mod limits;
+mod proxy;
 mod queues;
+mod routes;
 mod state;
 mod submit;
 mod tasks;
@@ -38,6 +41,14 @@ fn router(state: AppState) -> Router {
         .route(
             "/v1/tasks/{id}",
             axum::routing::get(tasks::get).delete(tasks::cancel),
+        )
+        .route("/v1/proxy", axum::routing::any(proxy::handle))
+        .route("/", axum::routing::any(proxy::root))
+        .route(
+            "/v1/routes/{key}",
+            axum::routing::get(routes::get)
+                .put(routes::put)
+                .delete(routes::delete),
         )
         .route("/v1/queues", axum::routing::get(queues::list))
         .route(
@@ -104,6 +115,13 @@ impl Ingress {
     /// Serves until `shutdown` fires, then drains in-flight requests.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let tenants = Tenants::from_config(&self.config.tenants).map_err(StartError::Config)?;
+        let guard = UrlGuard::new(self.config.outbound.allowed_networks.clone());
+        let client = tern_core::url_guard::http_client(
+            guard.clone(),
+            &format!("Tern/{}", tern_core::VERSION),
+            self.config.worker.connect_timeout.get(),
+        )
+        .map_err(|e| StartError::Config(format!("HTTP client: {e}")))?;
         let runtime = Runtime::start(&self.config, "tern-ingress", &shutdown).await?;
         let state = Arc::new(state::Shared {
             tenants: Arc::new(tenants),
@@ -112,7 +130,19 @@ impl Ingress {
                 runtime.topology.idempotency.clone(),
             ),
             js: runtime.topology.js.clone(),
-            guard: UrlGuard::new(self.config.outbound.allowed_networks.clone()),
+            executor: tern_core::executor::Executor::new(
+                client,
+                guard.clone(),
+                self.config.proxy.max_response_bytes,
+            ),
+            guard,
+            sealer: self
+                .config
+                .proxy
+                .secret_key
+                .as_ref()
+                .map(|key| tern_core::sealing::Sealer::from_secret(key.expose())),
+            routes: runtime.topology.routes.clone(),
             schedules: tern_core::delayed::Delayed::new(runtime.topology.js.clone()),
             limits: limits::RateLimits::new(self.config.ingress.rate_limits.clone()),
             callbacks: tern_core::callbacks::Callbacks::new(

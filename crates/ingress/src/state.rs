@@ -34,4 +34,10 @@ pub struct Shared {
     pub schedules: tern_core::delayed::Delayed,
     /// Per-key request rates.
     pub limits: crate::limits::RateLimits,
+    /// Seals proxied calls' headers and route credentials (`proxy.secret_key`).
+    pub sealer: Option<tern_core::sealing::Sealer>,
+    /// Makes synchronous proxied calls.
+    pub executor: tern_core::executor::Executor,
+    /// Proxy routes (`tern_routes`).
+    pub routes: async_nats::jetstream::kv::Store,
 }

@@ -76,7 +76,7 @@ pub async fn accept(
         callback_deadline_ms = tern_core::now_ms() + timeout.as_millis() as i64;
         accepted.callback_url = Some(url);
     }
-    let mut task = Task {
+    let task = Task {
         id: new.id,
         tenant_id: tenant.id.clone(),
         tier: tenant.tier.to_proto() as i32,
@@ -93,6 +93,14 @@ pub async fn accept(
             callback_url: accepted.callback_url.clone().unwrap_or_default(),
         })),
     };
+    enqueue(state, tenant, task).await?;
+    Ok(accepted)
+}
+
+/// Stores `task`'s initial record and publishes it (to INTAKE, or to the delayed
+/// stream when it has a `not_before`); on a failed publish the record is removed, so
+/// nothing of a refused request remains.
+pub async fn enqueue(state: &AppState, tenant: &Tenant, mut task: Task) -> Result<(), ApiError> {
     let revision = state
         .tasks
         .create(&initial_record(&task))
@@ -134,5 +142,5 @@ pub async fn accept(
         )));
     }
     metrics::counter!("tern_tasks_accepted_total", "tier" => tenant.tier.as_str()).increment(1);
-    Ok(accepted)
+    Ok(())
 }

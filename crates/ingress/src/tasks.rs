@@ -1,6 +1,6 @@
 //! `/v1/tasks`: submit a webhook task, read its status.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tern_core::idempotency::{self, Claim};
+use tern_core::idempotency;
 use tern_core::policy::{self, RetryOverrides};
 use tern_core::task_store::{Change, Updated};
 use tern_core::task_view::TaskView;
@@ -18,6 +18,7 @@ use tern_proto::v1::TaskStatus;
 use crate::auth::Authenticated;
 use crate::body::JsonBody;
 use crate::error::ApiError;
+use crate::idempotent::{self, Outcome};
 use crate::state::AppState;
 use crate::submit::{self, NewTask};
 
@@ -110,11 +111,6 @@ pub struct Accepted {
     pub callback_url: Option<String>,
 }
 
-/// How long an identical request waits for the first one to finish.
-const IN_PROGRESS_WAIT: Duration = Duration::from_secs(10);
-/// A claim older than this whose request never completed is taken over.
-const ABANDONED_AFTER_MS: i64 = 30_000;
-
 /// `POST /v1/tasks`
 pub async fn create(
     State(state): State<AppState>,
@@ -197,69 +193,17 @@ pub async fn create(
 
     let storage_key = idempotency::storage_key(&tenant.id, &key);
     let fingerprint = idempotency::fingerprint("POST", "/v1/tasks", &body.raw);
-    let started = Instant::now();
-    let mut claim = state
-        .idempotency
-        .claim(&storage_key, &fingerprint, &new.id)
-        .await?;
-    loop {
-        match claim {
-            Claim::New { revision } => {
-                let id = new.id.clone();
-                let outcome = match submit::accept(&state, &tenant, new).await {
-                    Ok(outcome) => outcome,
-                    Err(e) => {
-                        if let Err(release) = state.idempotency.release(&storage_key).await {
-                            tracing::warn!(error = %release, "could not release idempotency key");
-                        }
-                        return Err(e);
-                    }
-                };
-                state
-                    .idempotency
-                    .complete(&storage_key, revision, &fingerprint, &id)
-                    .await?;
-                return Ok(accepted(&state, &id, outcome.callback_url, false));
-            }
-            // The callback id is a secret that is never stored in clear, so a replay
-            // cannot repeat it; the first response was the only one to carry it.
-            Claim::Replay { task_id } => return Ok(accepted(&state, &task_id, None, true)),
-            Claim::Conflict => return Err(ApiError::IdempotencyConflict),
-            Claim::InProgress {
-                claimed_at_ms,
-                revision,
-            } => {
-                if tern_core::now_ms() - claimed_at_ms > ABANDONED_AFTER_MS {
-                    if let Some(revision) = state
-                        .idempotency
-                        .take_over(&storage_key, revision, &fingerprint, &new.id)
-                        .await?
-                    {
-                        claim = Claim::New { revision };
-                        continue;
-                    }
-                } else if started.elapsed() > IN_PROGRESS_WAIT {
-                    return Err(ApiError::IdempotencyInProgress);
-                } else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                claim = match state
-                    .idempotency
-                    .inspect(&storage_key, &fingerprint)
-                    .await?
-                {
-                    // The first request failed and released the key: claim it afresh.
-                    Claim::InProgress { revision: 0, .. } => {
-                        state
-                            .idempotency
-                            .claim(&storage_key, &fingerprint, &new.id)
-                            .await?
-                    }
-                    other => other,
-                };
-            }
-        }
-    }
+    let id = new.id.clone();
+    let submitted = idempotent::submit(&state, &storage_key, &fingerprint, &id, None, || {
+        submit::accept(&state, &tenant, new)
+    })
+    .await?;
+    Ok(match submitted {
+        Outcome::Accepted(outcome) => accepted(&state, &id, outcome.callback_url, false),
+        // The callback id is a secret that is never stored in clear, so a replay
+        // cannot repeat it; the first response was the only one to carry it.
+        Outcome::Replayed(task_id) => accepted(&state, &task_id, None, true),
+    })
 }
 
 fn accepted(

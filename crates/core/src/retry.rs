@@ -1,12 +1,15 @@
 //! What happens after an attempt: done, retry later, or give up.
 //!
 //! A pure decision over the task's policy, its age and the attempt's outcome, so the
-//! rules are tested without NATS or HTTP.
+//! rules are tested without NATS or HTTP. The delivery worker and the ingress's
+//! synchronous proxy both decide with it.
 
 use std::time::Duration;
 
-use tern_core::backoff::{BackoffKind, BackoffPolicy};
 use tern_proto::v1::{Backoff, RetryPolicy};
+
+use crate::backoff::{BackoffKind, BackoffPolicy};
+use crate::executor::{AttemptOutcome, AttemptResult};
 
 /// The next step after an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,55 @@ pub enum Verdict {
         /// The receiver's `Retry-After`, if any.
         retry_after: Option<Duration>,
     },
+}
+
+/// Who answered, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receiver {
+    /// A webhook receiver: every non-2xx is retried except 410 Gone.
+    Webhook,
+    /// A proxied call's upstream: 5xx, 408 and 429 are retried; any other 4xx is the
+    /// upstream's answer to this request, and asking again would get the same one.
+    Upstream,
+}
+
+impl Verdict {
+    /// The verdict on `outcome` from `receiver`.
+    pub fn of(outcome: &AttemptOutcome, receiver: Receiver) -> Verdict {
+        match &outcome.result {
+            AttemptResult::Response { status, .. } if (200..300).contains(status) => {
+                Verdict::Success
+            }
+            AttemptResult::Response { status: 410, .. } if receiver == Receiver::Webhook => {
+                Verdict::Permanent("HTTP 410 Gone: the endpoint is now disabled".into())
+            }
+            AttemptResult::Response { status, .. }
+                if receiver == Receiver::Upstream
+                    && (400..500).contains(status)
+                    && *status != 408
+                    && *status != 429 =>
+            {
+                Verdict::Permanent(format!("HTTP {status} (not retried)"))
+            }
+            AttemptResult::Disabled { message } => Verdict::Permanent(message.clone()),
+            AttemptResult::Response {
+                status, headers, ..
+            } => Verdict::Retryable {
+                reason: format!("HTTP {status}"),
+                retry_after: (*status == 429 || *status == 503)
+                    .then(|| headers.get("retry-after"))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        crate::backoff::parse_retry_after(v, std::time::SystemTime::now())
+                    }),
+            },
+            AttemptResult::Failed { kind, message } => Verdict::Retryable {
+                reason: format!("{}: {message}", kind.as_str()),
+                retry_after: None,
+            },
+        }
+    }
 }
 
 /// The backoff policy of a task's retry settings.
@@ -84,7 +136,7 @@ pub fn decide(
         if now_ms.saturating_add(delay.as_millis() as i64) > deadline {
             return Step::Dead(format!(
                 "max_age of {} exceeded; last error: {reason}",
-                tern_core::duration::format(Duration::from_millis(policy.max_age_ms))
+                crate::duration::format(Duration::from_millis(policy.max_age_ms))
             ));
         }
     }

@@ -1,0 +1,476 @@
+//! `/v1/proxy` (and `/` with `X-Target-URL` or `X-Route-Key`): call an upstream for
+//! the client, with retries.
+//!
+//! With `X-Webhook-Callback` (or `?webhook=`) the call becomes a task: `202` with its
+//! `job_id` at once, the worker calls the upstream and delivers the outcome to the
+//! callback. Without one the ingress makes the call itself with the same rounds and
+//! retry decisions, and answers with the upstream's response as it came.
+//!
+//! Every header except Tern's own travels on to the upstream, sealed at rest;
+//! `X-Identity-Key` becomes the upstream's `Authorization`. Nothing here logs a
+//! header value.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tern_core::duration;
+use tern_core::executor::AttemptResult;
+use tern_core::idempotency;
+use tern_core::policy;
+use tern_core::proxy::{self as proxy_work, failed_status, forwarded_headers, upstream_label};
+use tern_core::retry::{self, Receiver, Step};
+use tern_core::round;
+use tern_core::tenants::Tenant;
+use tern_proto::v1::{ProxyTarget, ProxyWork, RetryPolicy, Task, task::Work};
+
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+use crate::idempotent::{self, Outcome};
+use crate::state::AppState;
+
+/// The queue proxied calls run on: its policy (`PUT /v1/queues/proxy`) sets the
+/// defaults the control headers override.
+pub const PROXY_QUEUE: &str = "proxy";
+
+/// Longest accepted `X-Identity-Key`.
+const MAX_IDENTITY_LEN: usize = 8 * 1024;
+
+/// The answer of the proxy API when the deployment has no sealing key.
+pub(crate) fn no_key() -> ApiError {
+    ApiError::Unavailable(
+        "the proxy API is not enabled: set proxy.secret_key in the configuration".into(),
+    )
+}
+
+/// Body of the 202 answer of an async proxied call.
+#[derive(Debug, Serialize)]
+struct Accepted<'a> {
+    status: &'static str,
+    job_id: &'a str,
+    status_url: String,
+}
+
+/// The control headers of one request, validated.
+struct Control {
+    target_url: Option<String>,
+    route_key: Option<String>,
+    callback_url: Option<String>,
+    retries: Option<u32>,
+    delay: Option<Duration>,
+    timeout: Option<Duration>,
+    identity: Option<HeaderValue>,
+    idempotency_key: Option<String>,
+}
+
+fn invalid(header: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidHeader {
+        header,
+        message: message.into(),
+    }
+}
+
+/// A control header as text: present once, visible ASCII. `name` is spelled as
+/// clients write it (header lookup ignores case), so errors name it that way.
+fn text<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(invalid(name, "give it once"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| invalid(name, "must be printable ASCII"))?
+        .trim();
+    if text.is_empty() {
+        return Err(invalid(name, "must not be empty"));
+    }
+    Ok(Some(text))
+}
+
+fn bounded_duration(
+    headers: &HeaderMap,
+    name: &'static str,
+    (low, high): (Duration, Duration),
+) -> Result<Option<Duration>, ApiError> {
+    let Some(raw) = text(headers, name)? else {
+        return Ok(None);
+    };
+    let value = duration::parse(raw).map_err(|e| invalid(name, e.to_string()))?;
+    if value < low || value > high {
+        return Err(invalid(
+            name,
+            format!(
+                "must be between {} and {}, got {raw:?}",
+                duration::format(low),
+                duration::format(high)
+            ),
+        ));
+    }
+    Ok(Some(value))
+}
+
+fn parse_control(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Control, ApiError> {
+    let max_url = state.config.ingress.max_url_len;
+    let url = |name: &'static str, raw: &str| -> Result<String, ApiError> {
+        state
+            .guard
+            .validate_url(raw, max_url)
+            .map(|_| raw.to_string())
+            .map_err(|e| invalid(name, e.to_string()))
+    };
+    let target_url = text(headers, "X-Target-URL")?
+        .map(|raw| url("X-Target-URL", raw))
+        .transpose()?;
+    let route_key = text(headers, "X-Route-Key")?
+        .map(|key| {
+            if tern_core::topology::is_subject_token(key) {
+                Ok(key.to_string())
+            } else {
+                Err(invalid(
+                    "X-Route-Key",
+                    "must be 1-64 characters of A-Z a-z 0-9 _ -",
+                ))
+            }
+        })
+        .transpose()?;
+    match (&target_url, &route_key) {
+        (None, None) => {
+            return Err(invalid(
+                "X-Target-URL",
+                "required (or X-Route-Key naming a route)",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "X-Route-Key",
+                "give X-Target-URL or X-Route-Key, not both",
+            ));
+        }
+        _ => {}
+    }
+    let callback_url = match (text(headers, "X-Webhook-Callback")?, query.get("webhook")) {
+        (Some(raw), _) => Some(url("X-Webhook-Callback", raw)?),
+        (None, Some(raw)) => Some(url("X-Webhook-Callback", raw).map_err(|e| match e {
+            ApiError::InvalidHeader { message, .. } => {
+                ApiError::BadRequest(format!("query parameter webhook: {message}"))
+            }
+            other => other,
+        })?),
+        (None, None) => None,
+    };
+    let retries = text(headers, "X-Retry-Count")?
+        .map(|raw| {
+            raw.parse::<u32>()
+                .ok()
+                .filter(|n| *n <= policy::MAX_RETRIES)
+                .ok_or_else(|| {
+                    invalid(
+                        "X-Retry-Count",
+                        format!(
+                            "must be an integer between 0 and {}, got {raw:?}",
+                            policy::MAX_RETRIES
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
+    let delay = bounded_duration(headers, "X-Retry-Delay", policy::INITIAL_DELAY)?;
+    let timeout = bounded_duration(headers, "X-Proxy-Timeout", policy::TIMEOUT)?;
+    let identity = match headers.get("X-Identity-Key") {
+        None => None,
+        Some(value) if value.is_empty() => {
+            return Err(invalid("X-Identity-Key", "must not be empty"));
+        }
+        Some(value) if value.len() > MAX_IDENTITY_LEN => {
+            return Err(invalid(
+                "X-Identity-Key",
+                format!("must be at most {MAX_IDENTITY_LEN} bytes"),
+            ));
+        }
+        Some(value) => Some(value.clone()),
+    };
+    let idempotency_key = text(headers, "X-Proxy-Idempotency-Key")?
+        .map(|key| {
+            if idempotency::is_valid_key(key) {
+                Ok(key.to_string())
+            } else {
+                Err(invalid(
+                    "X-Proxy-Idempotency-Key",
+                    format!(
+                        "must be 1-{} printable ASCII characters",
+                        idempotency::MAX_KEY_LEN
+                    ),
+                ))
+            }
+        })
+        .transpose()?;
+    Ok(Control {
+        target_url,
+        route_key,
+        callback_url,
+        retries,
+        delay,
+        timeout,
+        identity,
+        idempotency_key,
+    })
+}
+
+/// Configuration defaults, then the `proxy` queue's policy, then the headers.
+fn policy_of(state: &AppState, tenant: &Tenant, control: &Control) -> RetryPolicy {
+    let mut retry = state
+        .queues
+        .policy(&tenant.id, PROXY_QUEUE)
+        .and_then(|queue| queue.retry)
+        .unwrap_or_else(|| policy::defaults(&state.config.retry));
+    if let Some(n) = control.retries {
+        retry.max_retries = n;
+    }
+    if let Some(delay) = control.delay {
+        retry.initial_delay_ms = delay.as_millis() as u64;
+        retry.max_delay_ms = retry.max_delay_ms.max(retry.initial_delay_ms);
+    }
+    if let Some(timeout) = control.timeout {
+        retry.timeout_ms = timeout.as_millis() as u64;
+    }
+    retry
+}
+
+/// `/` answers proxied calls only; anything else there is an unknown route.
+pub async fn root(state: State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let headers = request.headers();
+    if !headers.contains_key("x-target-url") && !headers.contains_key("x-route-key") {
+        return Err(ApiError::NotFound("no such route".into()));
+    }
+    handle(state, request).await
+}
+
+/// `/v1/proxy`, any method: the method is the upstream's.
+pub async fn handle(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let Authenticated(tenant) = Authenticated::from_request_parts(&mut parts, &state).await?;
+    let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+    let control = parse_control(&state, &parts.headers, &query)?;
+    let sealer = state.sealer.as_ref().ok_or_else(no_key)?;
+    let body = crate::body::raw(body, state.config.ingress.max_body_bytes).await?;
+
+    let targets = match (&control.target_url, &control.route_key) {
+        (Some(url), _) => vec![ProxyTarget {
+            url: url.clone(),
+            ..Default::default()
+        }],
+        (None, Some(key)) => {
+            crate::routes::load(&state, &tenant.id, key)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no route {key:?} (X-Route-Key)")))?
+                .targets
+        }
+        (None, None) => Vec::new(),
+    };
+    let mut headers = forwarded_headers(&parts.headers);
+    if let Some(identity) = &control.identity {
+        headers.insert(header::AUTHORIZATION, identity.clone());
+    }
+    let work = ProxyWork {
+        method: parts.method.as_str().to_string(),
+        targets,
+        sealed_headers: proxy_work::seal_headers(sealer, &tenant.id, &headers).into(),
+        body,
+        callback_url: control.callback_url.clone().unwrap_or_default(),
+        route_key: control.route_key.clone().unwrap_or_default(),
+    };
+    let retry = policy_of(&state, &tenant, &control);
+    if control.callback_url.is_some() {
+        accept(&state, &tenant, &control, work, retry).await
+    } else {
+        call(&state, &tenant, work, retry).await
+    }
+}
+
+/// Async mode: the proxied call becomes a task; 202 once JetStream has it.
+async fn accept(
+    state: &AppState,
+    tenant: &Tenant,
+    control: &Control,
+    work: ProxyWork,
+    retry: RetryPolicy,
+) -> Result<Response, ApiError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    // What must match for a replay: the call, not its (sealed) credentials.
+    let fingerprint = idempotency::fingerprint(
+        &work.method,
+        &format!(
+            "/v1/proxy\n{}\n{}\n{}",
+            upstream_label(&work),
+            work.route_key,
+            work.callback_url
+        ),
+        &work.body,
+    );
+    let task = Task {
+        id: id.clone(),
+        tenant_id: tenant.id.clone(),
+        tier: tenant.tier.to_proto() as i32,
+        queue: PROXY_QUEUE.to_string(),
+        created_at_ms: tern_core::now_ms(),
+        retry: Some(retry),
+        record_revision: 0,
+        callback_deadline_ms: 0,
+        notify_url: String::new(),
+        not_before_ms: 0,
+        work: Some(Work::Proxy(work)),
+    };
+    let (job_id, replayed) = match &control.idempotency_key {
+        None => {
+            crate::submit::enqueue(state, tenant, task).await?;
+            (id, false)
+        }
+        Some(key) => {
+            let storage_key = idempotency::storage_key(&tenant.id, &format!("proxy:{key}"));
+            let window = state.config.proxy.idempotency_window.get();
+            match idempotent::submit(state, &storage_key, &fingerprint, &id, Some(window), || {
+                crate::submit::enqueue(state, tenant, task)
+            })
+            .await?
+            {
+                Outcome::Accepted(()) => (id, false),
+                Outcome::Replayed(job_id) => (job_id, true),
+            }
+        }
+    };
+    let status_url = format!(
+        "{}/v1/tasks/{job_id}",
+        state.config.ingress.public_url.trim_end_matches('/')
+    );
+    let location = HeaderValue::from_str(&status_url).ok();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            status: "Accepted",
+            job_id: &job_id,
+            status_url: status_url.clone(),
+        }),
+    )
+        .into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Sync mode: rounds with the retry policy's delays, within `proxy.sync_deadline`;
+/// the upstream's last response goes back as it came.
+async fn call(
+    state: &AppState,
+    tenant: &Tenant,
+    work: ProxyWork,
+    retry: RetryPolicy,
+) -> Result<Response, ApiError> {
+    let targets = proxy_work::targets(
+        &work,
+        &tenant.id,
+        state.sealer.as_ref(),
+        Duration::from_millis(retry.timeout_ms),
+        state.config.proxy.max_response_bytes,
+    )
+    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let started = Instant::now();
+    let started_ms = tern_core::now_ms();
+    let deadline = started + state.config.proxy.sync_deadline.get();
+    let mut rounds = 0u32;
+    loop {
+        rounds += 1;
+        let round = round::run(&targets, Receiver::Upstream, |request| {
+            state.executor.execute(request, None)
+        });
+        let round = match tokio::time::timeout_at(deadline.into(), round).await {
+            Ok(round) => round,
+            Err(_) => {
+                return Err(ApiError::Upstream {
+                    status: 504,
+                    message: format!(
+                        "{} did not answer within proxy.sync_deadline ({})",
+                        upstream_label(&work),
+                        duration::format(state.config.proxy.sync_deadline.get())
+                    ),
+                });
+            }
+        };
+        let verdict = round.verdict(Receiver::Upstream);
+        let step = retry::decide(
+            &retry,
+            rounds,
+            started_ms,
+            tern_core::now_ms(),
+            &verdict,
+            &mut rand::rng(),
+        );
+        match step {
+            Step::Retry(delay) if Instant::now() + delay < deadline => {
+                tokio::time::sleep(delay).await;
+            }
+            Step::Succeed => {
+                let (_, outcome) = round.winning().ok_or_else(|| {
+                    ApiError::Unavailable("a successful round without a response".into())
+                })?;
+                return Ok(relay(&outcome.result, rounds));
+            }
+            // Out of retries or time: the last answer, or the gateway's error.
+            _ => {
+                let last = round.calls.last().map(|(_, o)| &o.result);
+                return match last {
+                    Some(result @ AttemptResult::Response { .. }) => Ok(relay(result, rounds)),
+                    _ => Err(ApiError::Upstream {
+                        status: failed_status(&round),
+                        message: format!(
+                            "All retry attempts failed for {}: {}",
+                            upstream_label(&work),
+                            match verdict {
+                                retry::Verdict::Permanent(reason)
+                                | retry::Verdict::Retryable { reason, .. } => reason,
+                                retry::Verdict::Success => String::new(),
+                            }
+                        ),
+                    }),
+                };
+            }
+        }
+    }
+}
+
+/// The upstream's response as it came (hop-by-hop headers are the connection's).
+fn relay(result: &AttemptResult, rounds: u32) -> Response {
+    let AttemptResult::Response {
+        status,
+        headers,
+        body,
+    } = result
+    else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let mut response = Response::new(axum::body::Body::from(body.clone()));
+    *response.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+    *response.headers_mut() = proxy_work::response_headers(headers);
+    if let Ok(value) = HeaderValue::from_str(&rounds.to_string()) {
+        response.headers_mut().insert("x-tern-attempts", value);
+    }
+    response
+}
