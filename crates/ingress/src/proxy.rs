@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -351,29 +350,13 @@ async fn accept(
             }
         }
     };
-    let status_url = format!(
-        "{}/v1/tasks/{job_id}",
-        state.config.ingress.public_url.trim_end_matches('/')
-    );
-    let location = HeaderValue::from_str(&status_url).ok();
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            status: "Accepted",
-            job_id: &job_id,
-            status_url: status_url.clone(),
-        }),
-    )
-        .into_response();
-    if let Some(location) = location {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(response)
+    let status_url = crate::tasks::status_url(state, &job_id);
+    let body = Accepted {
+        status: "Accepted",
+        job_id: &job_id,
+        status_url: status_url.clone(),
+    };
+    Ok(crate::tasks::accepted_response(&status_url, body, replayed))
 }
 
 /// Sync mode: rounds with the retry policy's delays, within `proxy.sync_deadline`;

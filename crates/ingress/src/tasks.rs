@@ -212,22 +212,33 @@ fn accepted(
     callback_url: Option<String>,
     replayed: bool,
 ) -> Response {
-    let status_url = format!(
+    let status_url = status_url(state, task_id);
+    let body = Accepted {
+        task_id: task_id.to_string(),
+        status: "queued",
+        status_url: status_url.clone(),
+        callback_url,
+    };
+    accepted_response(&status_url, body, replayed)
+}
+
+/// Where a task's status is read.
+pub(crate) fn status_url(state: &AppState, task_id: &str) -> String {
+    format!(
         "{}/v1/tasks/{task_id}",
         state.config.ingress.public_url.trim_end_matches('/')
-    );
-    let location = HeaderValue::from_str(&status_url).ok();
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            task_id: task_id.to_string(),
-            status: "queued",
-            status_url,
-            callback_url,
-        }),
     )
-        .into_response();
-    if let Some(location) = location {
+}
+
+/// A 202 with `body`, `Location: status_url`, and `Idempotent-Replayed: true` for a
+/// replay.
+pub(crate) fn accepted_response(
+    status_url: &str,
+    body: impl Serialize,
+    replayed: bool,
+) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(status_url) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     if replayed {
