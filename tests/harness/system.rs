@@ -36,6 +36,20 @@ pub const GLOBEX: Tenant = Tenant {
     secret: "whsec_dGVzdC1zZWNyZXQtZ2xvYmV4LTEyMzQ1Njc4",
 };
 
+/// Developer-tier test tenant.
+pub const INITECH: Tenant = Tenant {
+    id: "initech",
+    api_key: "test-key-initech",
+    secret: "whsec_dGVzdC1zZWNyZXQtaW5pdGVjaC0xMjM0NTY3",
+};
+
+/// A second free-tier test tenant (fairness within a tier).
+pub const UMBRELLA: Tenant = Tenant {
+    id: "umbrella",
+    api_key: "test-key-umbrella",
+    secret: "whsec_dGVzdC1zZWNyZXQtdW1icmVsbGEtMTIzNDU2",
+};
+
 struct Running {
     stop: CancellationToken,
     handle: JoinHandle<()>,
@@ -70,7 +84,7 @@ pub struct TernSystem {
 /// Admin token of the test configuration.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-/// The test configuration: two tenants, loopback allowed, every port ephemeral.
+/// The test configuration: four tenants (business, developer and two free), loopback allowed, every port ephemeral.
 pub fn test_config(nats_url: &str) -> Config {
     Config::from_toml(&test_config_toml(nats_url)).expect("test config")
 }
@@ -119,6 +133,16 @@ pub fn test_config_toml(nats_url: &str) -> String {
         tier = "free"
         api_key_hashes = ["{globex_hash}"]
         signing_secrets = ["{globex_secret}"]
+        [[tenants]]
+        id = "{initech}"
+        tier = "developer"
+        api_key_hashes = ["{initech_hash}"]
+        signing_secrets = ["{initech_secret}"]
+        [[tenants]]
+        id = "{umbrella}"
+        tier = "free"
+        api_key_hashes = ["{umbrella_hash}"]
+        signing_secrets = ["{umbrella_secret}"]
         "#,
         acme = ACME.id,
         acme_hash = hash_api_key(ACME.api_key),
@@ -126,6 +150,12 @@ pub fn test_config_toml(nats_url: &str) -> String {
         globex = GLOBEX.id,
         globex_hash = hash_api_key(GLOBEX.api_key),
         globex_secret = GLOBEX.secret,
+        initech = INITECH.id,
+        initech_hash = hash_api_key(INITECH.api_key),
+        initech_secret = INITECH.secret,
+        umbrella = UMBRELLA.id,
+        umbrella_hash = hash_api_key(UMBRELLA.api_key),
+        umbrella_secret = UMBRELLA.secret,
         admin_token = ADMIN_TOKEN,
     )
 }

@@ -22,8 +22,9 @@ pub const INTAKE_STREAM: &str = "TERN_INTAKE";
 pub const READY_STREAM: &str = "TERN_READY";
 /// Stream of dead letters, kept for operators.
 pub const DLQ_STREAM: &str = "TERN_DLQ";
-/// Durable consumer of the scheduler on INTAKE.
-pub const SCHEDULER_CONSUMER: &str = "scheduler";
+/// The single INTAKE consumer of earlier versions, replaced by one per tenant; its
+/// filter overlaps theirs, which a work-queue stream forbids, so it is removed.
+const LEGACY_INTAKE_CONSUMER: &str = "scheduler";
 /// Durable consumer shared by all delivery workers on READY.
 pub const WORKER_CONSUMER: &str = "delivery";
 /// KV bucket of task records.
@@ -104,6 +105,20 @@ pub fn intake_subject(tier: Tier, tenant_id: &str) -> String {
     )
 }
 
+/// Durable INTAKE consumer of one tenant's tasks, shared by every scheduler replica.
+/// One per tenant lets the scheduler take any tenant's next task without reading
+/// through another tenant's backlog.
+pub fn intake_consumer(tenant_id: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(format!("intake-{tenant_id}")),
+        filter_subject: format!("tern.intake.*.*.{tenant_id}"),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
 /// Subject of a due task on READY.
 pub fn ready_subject(tier: Tier, tenant_id: &str) -> String {
     format!(
@@ -155,6 +170,27 @@ fn err<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// Deletes the pre-fairness INTAKE consumer if a store still has it.
+async fn remove_legacy_intake_consumer(js: &jetstream::Context) -> Result<(), TopologyError> {
+    let stream = js
+        .get_stream_no_info(INTAKE_STREAM)
+        .await
+        .map_err(err("open stream TERN_INTAKE"))?;
+    match stream.delete_consumer(LEGACY_INTAKE_CONSUMER).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                stream::ConsumerErrorKind::JetStream(ref js_error)
+                    if js_error.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(err("delete legacy consumer scheduler")(e)),
+    }
+}
+
 impl Topology {
     /// Creates (or updates to the configured shape) every stream, consumer and bucket.
     pub async fn ensure(js: jetstream::Context, config: &Config) -> Result<Self, TopologyError> {
@@ -191,13 +227,15 @@ impl Topology {
         .await
         .map_err(err("create stream TERN_DLQ"))?;
 
-        // Timers and delayed tasks are message schedules: limits retention (a work
-        // queue would delete a schedule when acked); the scheduler deletes what it has
-        // handled. Pending schedules live in NATS, not in any Tern process's memory.
+        // Timers and delayed tasks are message schedules on work-queue streams. Only
+        // the fired subjects have a consumer, so a pending schedule is never delivered
+        // and stays until it fires; acking the fired copy deletes it, so the streams
+        // hold only what is pending. Pending schedules live in NATS, not in any Tern
+        // process's memory.
         let schedules = |name: &str, subjects: &str| stream::Config {
             name: name.to_string(),
             subjects: vec![subjects.to_string()],
-            retention: stream::RetentionPolicy::Limits,
+            retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: replicas,
             allow_message_schedules: true,
@@ -219,12 +257,7 @@ impl Topology {
             max_ack_pending,
             ..Default::default()
         };
-        js.create_consumer_on_stream(
-            pull(SCHEDULER_CONSUMER, Duration::from_secs(30), 20_000),
-            INTAKE_STREAM,
-        )
-        .await
-        .map_err(err("create consumer scheduler"))?;
+        remove_legacy_intake_consumer(&js).await?;
         js.create_consumer_on_stream(
             pull(WORKER_CONSUMER, config.worker.ack_wait.get(), 50_000),
             READY_STREAM,
@@ -297,6 +330,20 @@ impl Topology {
             endpoints,
             callbacks,
         })
+    }
+
+    /// Creates (or updates) the INTAKE consumer of each tenant.
+    pub async fn ensure_intake_consumers(
+        &self,
+        tenant_ids: &[String],
+    ) -> Result<(), TopologyError> {
+        for tenant_id in tenant_ids {
+            self.js
+                .create_consumer_on_stream(intake_consumer(tenant_id), INTAKE_STREAM)
+                .await
+                .map_err(err(&format!("create intake consumer of {tenant_id}")))?;
+        }
+        Ok(())
     }
 
     /// True when every stream still exists (readiness: someone may have deleted one).

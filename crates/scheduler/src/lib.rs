@@ -1,12 +1,15 @@
 //! The scheduler: decides when and in what order accepted work runs.
 //!
-//! It forwards accepted tasks from INTAKE to READY, releases delayed tasks when they
-//! fall due, and fails await-callback tasks whose deadline passed. Fairness between
-//! tiers and tenants and queue limits build on the forwarding loop.
+//! It forwards accepted tasks from INTAKE to READY in fair order (tiers by weight,
+//! tenants in turn), releases delayed tasks when they fall due, and fails
+//! await-callback tasks whose deadline passed.
 
 pub mod delayed;
+pub mod fair_queue;
 pub mod forward;
+pub mod intake;
 mod pull;
+pub mod ready_credit;
 pub mod timeouts;
 
 use std::net::SocketAddr;
@@ -61,9 +64,28 @@ impl Scheduler {
             tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
             shutdown.clone(),
         );
+        let tenants: Vec<(String, tern_core::tier::Tier)> = self
+            .config
+            .tenants
+            .iter()
+            .map(|tenant| (tenant.id.clone(), tenant.tier))
+            .collect();
+        runtime
+            .topology
+            .ensure_intake_consumers(
+                &self
+                    .config
+                    .tenants
+                    .iter()
+                    .map(|t| t.id.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .map_err(|e| StartError::Failed(e.to_string()))?;
         let forwarding = forward::run(
             runtime.topology.js.clone(),
-            self.config.scheduler.max_in_flight,
+            tenants,
+            self.config.scheduler.clone(),
             shutdown.clone(),
         );
         // Either loop failing stops the other and the service (the orchestrator
