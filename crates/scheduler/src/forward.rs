@@ -1,7 +1,10 @@
 //! Moving accepted tasks from INTAKE to READY.
 //!
-//! For now every task is due at once, so the scheduler forwards each intake message to
-//! its READY subject unchanged and acks it once READY acknowledged the copy. Many
+//! For now every task is due at once, so the scheduler forwards each intake message
+//! unchanged and acks it once READY acknowledged the copy. The READY subject depends
+//! on the task's queue: a queue with limits has its own (see
+//! [`tern_core::queue_limits`]), decided here from the scheduler's mirror of the
+//! policies, so a policy change applies to tasks forwarded after it. Many
 //! forwards are in flight at a time (the publish acks pipeline); a crash between the
 //! READY publish and the INTAKE ack republishes with the same `Nats-Msg-Id`, which
 //! JetStream's duplicate window drops.
@@ -10,7 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
+use tern_core::queues::Queues;
 use tern_core::topology::{INTAKE_STREAM, SCHEDULER_CONSUMER};
+use tern_proto::Message;
+use tern_proto::v1::Task;
 use tokio_util::sync::CancellationToken;
 
 /// Why a scheduler loop stopped.
@@ -25,19 +31,38 @@ impl ForwardError {
     }
 }
 
-/// The READY subject for an INTAKE subject (`tern.intake.X` → `tern.ready.X`).
+/// The open READY subject for an INTAKE subject (`tern.intake.X` → `tern.ready.open.X`).
 pub fn ready_subject_for(intake_subject: &str) -> Option<String> {
     intake_subject
         .strip_prefix("tern.intake.")
-        .map(|rest| format!("tern.ready.{rest}"))
+        .map(|rest| format!("tern.ready.open.{rest}"))
+}
+
+/// Where an intake message goes: its queue's limited subject or the open one. An
+/// undecodable task still goes to the open subject, where a worker terminates it.
+fn destination(message: &jetstream::Message, queues: &Queues) -> Option<String> {
+    match Task::decode(message.payload.clone()) {
+        Ok(task) => Some(tern_core::queue_limits::ready_subject_for(
+            &task,
+            queues.policy(&task.tenant_id, &task.queue).as_ref(),
+        )),
+        Err(_) => ready_subject_for(&message.subject),
+    }
 }
 
 /// Forwards until `shutdown` fires; in-flight forwards finish first.
 pub async fn run(
     js: jetstream::Context,
+    queues: Queues,
     max_in_flight: usize,
     shutdown: CancellationToken,
 ) -> Result<(), ForwardError> {
+    // Routing on a half-loaded mirror could send a limited queue's task to the open
+    // subject, past its limits.
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        _ = queues.synced() => {}
+    }
     // Cloned per message: an Arc keeps that to a reference count.
     let shared = Arc::new(js.clone());
     crate::pull::each_message(
@@ -48,14 +73,15 @@ pub async fn run(
         shutdown,
         move |message| {
             let js = shared.clone();
-            async move { forward_one(&js, message).await }
+            let queues = queues.clone();
+            async move { forward_one(&js, &queues, message).await }
         },
     )
     .await
 }
 
-async fn forward_one(js: &jetstream::Context, message: jetstream::Message) {
-    let Some(subject) = ready_subject_for(&message.subject) else {
+async fn forward_one(js: &jetstream::Context, queues: &Queues, message: jetstream::Message) {
+    let Some(subject) = destination(&message, queues) else {
         tracing::error!(subject = %message.subject, "unexpected intake subject; dropping");
         let _ = message.ack_with(AckKind::Term).await;
         return;
@@ -92,7 +118,7 @@ mod tests {
     fn maps_intake_to_ready_subjects() {
         assert_eq!(
             ready_subject_for("tern.intake.free.3.acme").as_deref(),
-            Some("tern.ready.free.3.acme")
+            Some("tern.ready.open.free.3.acme")
         );
         assert_eq!(ready_subject_for("tern.other.x"), None);
     }

@@ -63,6 +63,7 @@ impl Scheduler {
         );
         let forwarding = forward::run(
             runtime.topology.js.clone(),
+            tern_core::queues::Queues::follow(runtime.topology.queues.clone(), shutdown.clone()),
             self.config.scheduler.max_in_flight,
             shutdown.clone(),
         );
