@@ -78,6 +78,7 @@ pub struct TernSystem {
     ingress: Option<Running>,
     scheduler: Option<Running>,
     worker: Option<Running>,
+    extra_workers: Vec<Running>,
     resolver: Option<Running>,
 }
 
@@ -227,6 +228,7 @@ impl TernSystem {
             ingress: Some(ingress),
             scheduler: None,
             worker: None,
+            extra_workers: Vec::new(),
             resolver: None,
         };
         system.resolver_url = system.config.resolver.public_url.clone();
@@ -261,18 +263,30 @@ impl TernSystem {
     pub async fn start_worker_with(&mut self, tweak: impl FnOnce(&mut Config)) {
         let mut config = self.config.clone();
         tweak(&mut config);
+        self.worker = Some(Self::run_worker(config).await);
+    }
+
+    /// Starts one more delivery worker beside the first (replicas share consumers);
+    /// it runs until [`TernSystem::stop`].
+    pub async fn start_extra_worker(&mut self) {
+        let worker = Self::run_worker(self.config.clone()).await;
+        self.extra_workers.push(worker);
+    }
+
+    async fn run_worker(config: Config) -> Running {
         let worker = tern_delivery_worker::Worker::bind(config)
             .await
             .expect("bind worker");
         let ops = worker.ops_addr().expect("worker ops addr");
-        self.worker = Some(spawn(|stop| {
+        let running = spawn(|stop| {
             tokio::spawn(async move {
                 if let Err(e) = worker.run(stop).await {
                     panic!("worker failed: {e}");
                 }
             })
-        }));
+        });
         wait_ready(ops).await;
+        running
     }
 
     /// Stops the scheduler gracefully and waits for it.
@@ -322,6 +336,7 @@ impl TernSystem {
         ]
         .into_iter()
         .flatten()
+        .chain(std::mem::take(&mut self.extra_workers))
         {
             running.stop().await;
         }

@@ -219,7 +219,7 @@ impl Default for SchedulerConfig {
             },
             intake_buffer: 128,
             ready_backlog: HumanDuration(std::time::Duration::from_millis(20)),
-            ready_backlog_min: 4,
+            ready_backlog_min: 2,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod nats;
 pub mod notify;
 pub mod ops;
 pub mod policy;
+pub mod queue_limits;
 pub mod queues;
 pub mod schedule;
 pub mod service;
@@ -27,6 +28,7 @@ pub mod task_view;
 pub mod telemetry;
 pub mod tenants;
 pub mod tier;
+pub mod token_bucket;
 pub mod topology;
 pub mod url_guard;
 

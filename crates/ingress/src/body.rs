@@ -70,23 +70,28 @@ async fn read<T: DeserializeOwned>(req: Request, limit: usize) -> Result<JsonBod
                 ApiError::BadRequest(format!("could not read request body: {e}"))
             }
         })?;
-    // The path tells the client which field is wrong ("retry.max_retries: …").
     let mut deserializer = serde_json::Deserializer::from_slice(&raw);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data if path == "." => {
-                ApiError::Validation(inner.to_string())
-            }
-            serde_json::error::Category::Data => ApiError::Validation(format!("{path}: {inner}")),
-            _ => ApiError::InvalidJson(format!("request body is not valid JSON: {inner}")),
-        }
-    })?;
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(shape_error)?;
     deserializer
         .end()
         .map_err(|e| ApiError::InvalidJson(format!("request body is not valid JSON: {e}")))?;
     Ok(JsonBody { value, raw })
+}
+
+/// Reads `T` from part of a body already parsed as JSON, with the same errors.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(shape_error)
+}
+
+/// The path tells the client which field is wrong ("retry.max_retries: …").
+fn shape_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    match inner.classify() {
+        serde_json::error::Category::Data if path == "." => ApiError::Validation(inner.to_string()),
+        serde_json::error::Category::Data => ApiError::Validation(format!("{path}: {inner}")),
+        _ => ApiError::InvalidJson(format!("request body is not valid JSON: {inner}")),
+    }
 }
 
 /// True when reading stopped at the size limit (rather than a broken connection).

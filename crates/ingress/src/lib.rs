@@ -105,6 +105,8 @@ impl Ingress {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let tenants = Tenants::from_config(&self.config.tenants).map_err(StartError::Config)?;
         let runtime = Runtime::start(&self.config, "tern-ingress", &shutdown).await?;
+        let queues =
+            tern_core::queues::Queues::follow(runtime.topology.queues.clone(), shutdown.clone());
         let state = Arc::new(state::Shared {
             tenants: Arc::new(tenants),
             tasks: tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
@@ -119,16 +121,14 @@ impl Ingress {
                 runtime.topology.callbacks.clone(),
                 runtime.topology.js.clone(),
             ),
-            queues: tern_core::queues::Queues::follow(
-                runtime.topology.queues.clone(),
-                shutdown.clone(),
-            ),
+            queues: queues.clone(),
             config: self.config.clone(),
         });
         let admin_state = Arc::new(admin::AdminShared {
             dlq: tern_core::dlq::DeadLetters::new(
                 runtime.topology.js.clone(),
                 tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
+                queues,
             ),
             endpoints: tern_core::endpoints::Endpoints::follow(
                 runtime.topology.endpoints.clone(),

@@ -7,6 +7,11 @@
 //! `max_in_flight` at a time. A crash between the READY publish and the INTAKE ack
 //! republishes with the same `Nats-Msg-Id`, which JetStream's duplicate window drops.
 //!
+//! The READY subject depends on the task's queue: a queue with limits has its own (see
+//! [`tern_core::queue_limits`]), decided here from the scheduler's mirror of the
+//! policies, so a policy change applies to tasks forwarded after it. Such tasks wait on
+//! their queue's own consumer, so they take no READY credit.
+//!
 //! Several scheduler replicas share the per-tenant consumers, so each task reaches one
 //! of them; each replica orders what it holds. They read the same READY backlog, so
 //! together they may overfill it by up to one credit each, which only blurs the order.
@@ -16,8 +21,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use tern_core::config::SchedulerConfig;
+use tern_core::queues::Queues;
 use tern_core::tier::Tier;
-use tern_core::topology::{READY_STREAM, WORKER_CONSUMER};
+use tern_core::topology::{READY_OPEN_FILTER, READY_STREAM, WORKER_CONSUMER};
+use tern_proto::Message;
+use tern_proto::v1::Task;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +54,19 @@ impl ForwardError {
 pub fn ready_subject_for(intake_subject: &str) -> Option<String> {
     intake_subject
         .strip_prefix("tern.intake.")
-        .map(|rest| format!("tern.ready.{rest}"))
+        .map(|rest| format!("tern.ready.open.{rest}"))
+}
+
+/// Where an intake message goes: its queue's limited subject or the open one. An
+/// undecodable task still goes to the open subject, where a worker terminates it.
+fn destination(message: &jetstream::Message, queues: &Queues) -> Option<String> {
+    match Task::decode(message.payload.clone()) {
+        Ok(task) => Some(tern_core::queue_limits::ready_subject_for(
+            &task,
+            queues.policy(&task.tenant_id, &task.queue).as_ref(),
+        )),
+        Err(_) => ready_subject_for(&message.subject),
+    }
 }
 
 /// Forwards the intake of `tenants` until `shutdown` fires; in-flight forwards finish
@@ -54,9 +74,16 @@ pub fn ready_subject_for(intake_subject: &str) -> Option<String> {
 pub async fn run(
     js: jetstream::Context,
     tenants: Vec<(String, Tier)>,
+    queues: Queues,
     config: SchedulerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ForwardError> {
+    // Routing on a half-loaded mirror could send a limited queue's task to the open
+    // subject, past its limits.
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        _ = queues.synced() => {}
+    }
     let ready = js
         .get_consumer_from_stream(WORKER_CONSUMER, READY_STREAM)
         .await
@@ -81,6 +108,14 @@ pub async fn run(
             let Some((tier, _, next)) = fair.pop() else {
                 break;
             };
+            let Some(subject) = destination(&next.message, &queues) else {
+                tracing::error!(subject = %next.message.subject, "unexpected intake subject; dropping");
+                let _ = next.message.ack_with(AckKind::Term).await;
+                continue;
+            };
+            if !subject.starts_with(READY_OPEN_FILTER.trim_end_matches('>')) {
+                credit.give_back();
+            }
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => {
                     fair.push(tier, &next.tenant.clone(), next);
@@ -89,7 +124,7 @@ pub async fn run(
                 permit = in_flight.clone().acquire_owned() => permit
                     .map_err(|e| ForwardError::new(e.to_string()))?,
             };
-            forward(&shared, next, permit).await;
+            forward(&shared, subject, next, permit).await;
         }
         if shutdown.is_cancelled() {
             break;
@@ -108,7 +143,8 @@ pub async fn run(
                 None => return Err(ForwardError::new("every intake puller stopped".into())),
             },
             _ = tokio::time::sleep_until(credit.next_poll()), if needs_credit => {
-                if let Err(e) = credit.refresh().await {
+                let unconfirmed = config.max_in_flight - in_flight.available_permits();
+                if let Err(e) = credit.refresh(unconfirmed as u64).await {
                     tracing::warn!(error = %e, "cannot read the READY backlog; retrying");
                 }
             }
@@ -143,13 +179,13 @@ pub async fn run(
 
 /// Publishes `held` to READY now (so READY keeps the dispatch order) and acks the
 /// intake copy in the background once READY confirmed it.
-async fn forward(js: &Arc<jetstream::Context>, held: Pulled, permit: OwnedSemaphorePermit) {
+async fn forward(
+    js: &Arc<jetstream::Context>,
+    subject: String,
+    held: Pulled,
+    permit: OwnedSemaphorePermit,
+) {
     let message = &held.message;
-    let Some(subject) = ready_subject_for(&message.subject) else {
-        tracing::error!(subject = %message.subject, "unexpected intake subject; dropping");
-        let _ = message.ack_with(AckKind::Term).await;
-        return;
-    };
     let mut publish = jetstream::message::PublishMessage::build().payload(message.payload.clone());
     if let Some(headers) = message.headers.clone() {
         publish = publish.headers(headers);
@@ -189,7 +225,7 @@ mod tests {
     fn maps_intake_to_ready_subjects() {
         assert_eq!(
             ready_subject_for("tern.intake.free.3.acme").as_deref(),
-            Some("tern.ready.free.3.acme")
+            Some("tern.ready.open.free.3.acme")
         );
         assert_eq!(ready_subject_for("tern.other.x"), None);
     }

@@ -85,6 +85,7 @@ impl Scheduler {
         let forwarding = forward::run(
             runtime.topology.js.clone(),
             tenants,
+            tern_core::queues::Queues::follow(runtime.topology.queues.clone(), shutdown.clone()),
             self.config.scheduler.clone(),
             shutdown.clone(),
         );

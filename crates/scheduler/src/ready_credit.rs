@@ -34,7 +34,8 @@ impl ReadyCredit {
         Self {
             consumer,
             pace: Pace::new(backlog, min),
-            available: min,
+            // The first refresh decides: READY may already hold a backlog.
+            available: 0,
             next_poll: Instant::now(),
             poll_wait: POLL_MIN,
         }
@@ -49,19 +50,28 @@ impl ReadyCredit {
         true
     }
 
+    /// Returns a credit taken for a task that went elsewhere than the shared consumer.
+    pub fn give_back(&mut self) {
+        self.available += 1;
+    }
+
     /// When the next refresh may ask the server (refreshes are spaced out while
     /// nothing moves, so a stopped worker pool costs a few requests per second).
     pub fn next_poll(&self) -> Instant {
         self.next_poll
     }
 
-    /// Asks the server how far the workers got and recomputes the credit.
-    pub async fn refresh(&mut self) -> Result<(), ConsumerInfoError> {
+    /// Asks the server how far the workers got and recomputes the credit;
+    /// `unconfirmed` forwards are published but not yet counted by the server.
+    pub async fn refresh(&mut self, unconfirmed: u64) -> Result<(), ConsumerInfoError> {
         let info = self.consumer.get_info().await?;
         let moved = self
             .pace
             .observe(Instant::now(), info.delivered.consumer_sequence);
-        self.available = self.pace.target().saturating_sub(info.num_pending);
+        self.available = self
+            .pace
+            .target()
+            .saturating_sub(info.num_pending + unconfirmed);
         self.poll_wait = if moved {
             POLL_MIN
         } else {
