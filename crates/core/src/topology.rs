@@ -34,6 +34,8 @@ pub const IDEMPOTENCY_BUCKET: &str = "tern_idempotency";
 pub const QUEUES_BUCKET: &str = "tern_queues";
 /// KV bucket of endpoints disabled after a 410.
 pub const ENDPOINTS_BUCKET: &str = "tern_endpoints";
+/// KV bucket of recurring schedules.
+pub const SCHEDULES_BUCKET: &str = "tern_schedules";
 /// KV bucket of pending callbacks (per-key TTL).
 pub const CALLBACKS_BUCKET: &str = "tern_callbacks";
 /// Stream of durable timers (JetStream message schedules).
@@ -134,6 +136,8 @@ pub struct Topology {
     pub endpoints: kv::Store,
     /// Pending callbacks.
     pub callbacks: kv::Store,
+    /// Recurring schedules.
+    pub schedules: kv::Store,
 }
 
 /// Why the topology could not be created or opened.
@@ -280,6 +284,11 @@ impl Topology {
             .await
             .map_err(err("create bucket tern_endpoints"))?;
 
+        let schedules = js
+            .create_or_update_key_value(bucket(SCHEDULES_BUCKET, Duration::ZERO))
+            .await
+            .map_err(err("create bucket tern_schedules"))?;
+
         let callbacks = js
             .create_or_update_key_value(kv::Config {
                 // Per-key TTLs (each callback expires with its own timeout).
@@ -296,6 +305,7 @@ impl Topology {
             queues,
             endpoints,
             callbacks,
+            schedules,
         })
     }
 
