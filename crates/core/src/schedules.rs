@@ -162,17 +162,21 @@ impl Schedules {
             .map(|(r, _)| r))
     }
 
-    /// Deletes a tenant's schedule; false when there was none. Scheduler replicas
-    /// holding an older revision then lose their compare-and-swap, so no slot is
-    /// claimed after this returns.
-    pub async fn delete(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+    /// Deletes a tenant's schedule and returns it as it was; `None` when there was
+    /// none. Scheduler replicas holding an older revision then lose their
+    /// compare-and-swap, so no slot is claimed after this returns.
+    pub async fn delete(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<ScheduleRecord>, StoreError> {
         let key = schedule_key(tenant_id, id);
         loop {
-            let Some((_, revision)) = read::<ScheduleRecord>(&self.kv, &key).await? else {
-                return Ok(false);
+            let Some((record, revision)) = read::<ScheduleRecord>(&self.kv, &key).await? else {
+                return Ok(None);
             };
             match self.kv.delete_expect_revision(&key, Some(revision)).await {
-                Ok(()) => return Ok(true),
+                Ok(()) => return Ok(Some(record)),
                 // A scheduler fired it meanwhile: read the new revision and try again.
                 Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(StoreError::Unavailable(e.to_string())),

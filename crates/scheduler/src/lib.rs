@@ -1,9 +1,11 @@
 //! The scheduler: decides when and in what order accepted work runs.
 //!
 //! It forwards accepted tasks from INTAKE to READY, releases delayed tasks when they
-//! fall due, and fails await-callback tasks whose deadline passed. Fairness between
+//! fall due, fires recurring schedules, and fails await-callback tasks whose
+//! deadline passed. Fairness between
 //! tiers and tenants and queue limits build on the forwarding loop.
 
+pub mod cron;
 pub mod delayed;
 pub mod forward;
 mod pull;
@@ -40,6 +42,8 @@ impl Scheduler {
 
     /// Runs until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let tenants = tern_core::tenants::Tenants::from_config(&self.config.tenants)
+            .map_err(StartError::Config)?;
         let runtime = Runtime::start(&self.config, "tern-scheduler", &shutdown).await?;
         let ops = tokio::spawn(tern_core::ops::serve(
             self.ops,
@@ -61,6 +65,19 @@ impl Scheduler {
             tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
             shutdown.clone(),
         );
+        let firing = cron::run(
+            cron::Firing {
+                schedules: runtime.topology.schedules.clone(),
+                acceptor: tern_core::accept::Acceptor::new(&runtime.topology, &self.config),
+                rules: tern_core::task_request::TaskRules::from_config(&self.config),
+                queues: tern_core::queues::Queues::follow(
+                    runtime.topology.queues.clone(),
+                    shutdown.clone(),
+                ),
+                tenants: Arc::new(tenants),
+            },
+            shutdown.clone(),
+        );
         let forwarding = forward::run(
             runtime.topology.js.clone(),
             self.config.scheduler.max_in_flight,
@@ -74,10 +91,11 @@ impl Scheduler {
             }
             r
         };
-        let (forwarded, timed, released) = tokio::join!(
+        let (forwarded, timed, released, ()) = tokio::join!(
             async { stop_on_error(forwarding.await) },
             async { stop_on_error(timers.await) },
-            async { stop_on_error(releasing.await) }
+            async { stop_on_error(releasing.await) },
+            firing
         );
         let result = forwarded.and(timed).and(released);
         shutdown.cancel();
