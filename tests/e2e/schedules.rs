@@ -26,6 +26,56 @@ async fn create(system: &TernSystem, api_key: &str, body: &Value) -> Value {
     schedule
 }
 
+/// Creates an ACME schedule on `cron` whose tasks go to `receiver`: its id and creation time.
+async fn every(system: &TernSystem, cron: &str, receiver: &Receiver) -> (String, i64) {
+    let schedule = create(
+        system,
+        ACME.api_key,
+        &json!({"cron": cron, "task": task_body(receiver)}),
+    )
+    .await;
+    let id = schedule["schedule_id"].as_str().unwrap().to_string();
+    (id, ms(schedule["created_at"].as_str().unwrap()))
+}
+
+/// Waits until `receiver` got `n` distinct tasks.
+async fn deliveries(receiver: &Receiver, n: usize) {
+    wait_until(
+        &format!("{n} deliveries"),
+        Duration::from_secs(120),
+        || async { (receiver.distinct_ids().len() >= n).then_some(()) },
+    )
+    .await;
+}
+
+/// The slot an ACME schedule last fired for.
+async fn last_run(system: &TernSystem, id: &str) -> i64 {
+    let (code, schedule) = system
+        .call(
+            ACME.api_key,
+            Method::GET,
+            &format!("/v1/schedules/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{schedule}");
+    ms(schedule["last_run_at"].as_str().expect("last_run_at"))
+}
+
+/// The schedule ids `GET /v1/schedules` lists for `api_key`.
+async fn listed(system: &TernSystem, api_key: &str) -> Vec<String> {
+    let (code, list) = system
+        .call(api_key, Method::GET, "/v1/schedules", None)
+        .await;
+    assert_eq!(code, 200, "{list}");
+    list["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["schedule_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn ms(rfc3339: &str) -> i64 {
     let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
         .expect("RFC 3339 time");
@@ -67,6 +117,25 @@ async fn delivered_slots(
     slots
 }
 
+/// Waits until the slots delivered from `schedule_id` satisfy `done`; returns them.
+async fn slots_until(
+    system: &TernSystem,
+    receiver: &Receiver,
+    schedule_id: &str,
+    what: &str,
+    done: impl Fn(&BTreeMap<i64, String>) -> bool,
+) -> BTreeMap<i64, String> {
+    let known = Known::default();
+    wait_until(what, Duration::from_secs(30), || {
+        let (known, done) = (&known, &done);
+        async move {
+            let slots = delivered_slots(system, receiver, schedule_id, known).await;
+            done(&slots).then_some(slots)
+        }
+    })
+    .await
+}
+
 fn expect_every_second(slots: &BTreeMap<i64, String>, step: i64) {
     let list: Vec<i64> = slots.keys().copied().collect();
     let gaps: Vec<_> = list.windows(2).filter(|w| w[1] - w[0] != step).collect();
@@ -79,29 +148,9 @@ async fn every_slot_fires_exactly_once_across_two_scheduler_replicas() {
     let mut system = TernSystem::start(&nats).await;
     system.start_scheduler().await;
     let receiver = Receiver::start().await;
-    let schedule = create(
-        &system,
-        ACME.api_key,
-        &json!({"cron": "* * * * * *", "task": task_body(&receiver)}),
-    )
-    .await;
-    let id = schedule["schedule_id"].as_str().unwrap().to_string();
-    let created = ms(schedule["created_at"].as_str().unwrap());
-
-    wait_until("60 deliveries", Duration::from_secs(120), || async {
-        (receiver.distinct_ids().len() >= 60).then_some(())
-    })
-    .await;
-    let (code, before) = system
-        .call(
-            ACME.api_key,
-            Method::GET,
-            &format!("/v1/schedules/{id}"),
-            None,
-        )
-        .await;
-    assert_eq!(code, 200, "{before}");
-    let last = ms(before["last_run_at"].as_str().unwrap());
+    let (id, created) = every(&system, "* * * * * *", &receiver).await;
+    deliveries(&receiver, 60).await;
+    let last = last_run(&system, &id).await;
     let (code, _) = system
         .call(
             ACME.api_key,
@@ -112,20 +161,13 @@ async fn every_slot_fires_exactly_once_across_two_scheduler_replicas() {
         .await;
     assert_eq!(code, 200);
 
-    let known = Known::default();
-    let slots = wait_until(
-        "every fired slot to be delivered",
-        Duration::from_secs(30),
-        || {
-            let (system, receiver, id, known) = (&system, &receiver, &id, &known);
-            async move {
-                let slots = delivered_slots(system, receiver, id, known).await;
-                let first = *slots.keys().next()?;
-                let complete = (first..=last).step_by(1000).all(|s| slots.contains_key(&s));
-                complete.then_some(slots)
-            }
-        },
-    )
+    let slots = slots_until(&system, &receiver, &id, "every fired slot", |slots| {
+        slots.keys().next().is_some_and(|first| {
+            (*first..=last)
+                .step_by(1000)
+                .all(|s| slots.contains_key(&s))
+        })
+    })
     .await;
     let first = *slots.keys().next().unwrap();
     assert_eq!(
@@ -151,29 +193,12 @@ async fn missed_slots_fire_once_on_recovery_then_regularly() {
     let nats = NatsServer::start().await;
     let mut system = TernSystem::start(&nats).await;
     let receiver = Receiver::start().await;
-    let schedule = create(
-        &system,
-        ACME.api_key,
-        &json!({"cron": "*/2 * * * * *", "task": task_body(&receiver)}),
-    )
-    .await;
-    let id = schedule["schedule_id"].as_str().unwrap().to_string();
-    wait_until("two deliveries", Duration::from_secs(30), || async {
-        (receiver.distinct_ids().len() >= 2).then_some(())
-    })
-    .await;
+    let (id, _) = every(&system, "*/2 * * * * *", &receiver).await;
+    deliveries(&receiver, 2).await;
 
     system.stop_scheduler().await;
     let stopped = tern_core::now_ms();
-    let (_, before) = system
-        .call(
-            ACME.api_key,
-            Method::GET,
-            &format!("/v1/schedules/{id}"),
-            None,
-        )
-        .await;
-    let last_before = ms(before["last_run_at"].as_str().unwrap());
+    let last_before = last_run(&system, &id).await;
     // An outage of at least five seconds, ending early in a slot's interval.
     wait_until(
         "the outage to last 5 s",
@@ -187,20 +212,11 @@ async fn missed_slots_fire_once_on_recovery_then_regularly() {
     let restarted = tern_core::now_ms();
     system.start_scheduler().await;
 
-    let known = Known::default();
-    let after = wait_until(
-        "three firings after the restart",
-        Duration::from_secs(30),
-        || {
-            let (system, receiver, id, known) = (&system, &receiver, &id, &known);
-            async move {
-                let slots = delivered_slots(system, receiver, id, known).await;
-                let after: Vec<i64> = slots.range(last_before + 1..).map(|(s, _)| *s).collect();
-                (after.len() >= 3).then_some(after)
-            }
-        },
-    )
+    let slots = slots_until(&system, &receiver, &id, "three firings after it", |slots| {
+        slots.range(last_before + 1..).count() >= 3
+    })
     .await;
+    let after: Vec<i64> = slots.range(last_before + 1..).map(|(s, _)| *s).collect();
     let latest_missed = restarted.div_euclid(STEP) * STEP;
     assert!(
         latest_missed - last_before >= 2 * STEP,
@@ -221,23 +237,9 @@ async fn deleting_a_schedule_stops_its_firings() {
     let system = TernSystem::start(&nats).await;
     let doomed_receiver = Receiver::start().await;
     let clock_receiver = Receiver::start().await;
-    let doomed = create(
-        &system,
-        ACME.api_key,
-        &json!({"cron": "* * * * * *", "task": task_body(&doomed_receiver)}),
-    )
-    .await;
-    let clock = create(
-        &system,
-        ACME.api_key,
-        &json!({"cron": "* * * * * *", "task": task_body(&clock_receiver)}),
-    )
-    .await;
-    let doomed_id = doomed["schedule_id"].as_str().unwrap().to_string();
-    wait_until("two firings", Duration::from_secs(30), || async {
-        (doomed_receiver.distinct_ids().len() >= 2).then_some(())
-    })
-    .await;
+    let (doomed_id, _) = every(&system, "* * * * * *", &doomed_receiver).await;
+    let (clock_id, _) = every(&system, "* * * * * *", &clock_receiver).await;
+    deliveries(&doomed_receiver, 2).await;
 
     // A fired task shows where it came from.
     let some_task = doomed_receiver.distinct_ids().into_iter().next().unwrap();
@@ -259,12 +261,7 @@ async fn deleting_a_schedule_stops_its_firings() {
     let deleted_at = tern_core::now_ms();
     let clock_seen = clock_receiver.distinct_ids().len();
     // The other schedule is the clock: three more of its slots go by.
-    wait_until(
-        "three more clock firings",
-        Duration::from_secs(30),
-        || async { (clock_receiver.distinct_ids().len() >= clock_seen + 3).then_some(()) },
-    )
-    .await;
+    deliveries(&clock_receiver, clock_seen + 3).await;
     let slots = delivered_slots(&system, &doomed_receiver, &doomed_id, &Known::default()).await;
     let latest = *slots.keys().last().unwrap();
     assert!(
@@ -282,16 +279,7 @@ async fn deleting_a_schedule_stops_its_firings() {
             .await;
         assert_eq!(code, 404);
     }
-    let (_, list) = system
-        .call(ACME.api_key, Method::GET, "/v1/schedules", None)
-        .await;
-    let ids: Vec<&str> = list["schedules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["schedule_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [clock["schedule_id"].as_str().unwrap()]);
+    assert_eq!(listed(&system, ACME.api_key).await, [clock_id]);
     system.stop().await;
 }
 
@@ -306,16 +294,10 @@ async fn an_abandoned_claim_is_finished_with_the_same_task() {
     let tasks = TaskStore::new(js.get_key_value("tern_tasks").await.unwrap());
 
     // Yearly: no slot of its own falls due during the test.
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let schedule = create(
-            &system,
-            ACME.api_key,
-            &json!({"cron": "0 0 1 1 *", "task": task_body(&receiver)}),
-        )
-        .await;
-        ids.push(schedule["schedule_id"].as_str().unwrap().to_string());
-    }
+    let ids = [
+        every(&system, "0 0 1 1 *", &receiver).await.0,
+        every(&system, "0 0 1 1 *", &receiver).await.0,
+    ];
     let slot = (tern_core::now_ms() / 1000 - 30) * 1000;
     // The second one's claimant got as far as the task record before it died.
     let orphan = Task {
@@ -351,6 +333,7 @@ async fn an_abandoned_claim_is_finished_with_the_same_task() {
             .wait_for_status(ACME.api_key, &task_id, "succeeded")
             .await;
         assert_eq!(task["schedule_id"], id.as_str());
+        assert_eq!(last_run(&system, id).await, slot);
         let (_, schedule) = system
             .call(
                 ACME.api_key,
@@ -359,7 +342,6 @@ async fn an_abandoned_claim_is_finished_with_the_same_task() {
                 None,
             )
             .await;
-        assert_eq!(ms(schedule["last_run_at"].as_str().unwrap()), slot);
         assert_eq!(schedule["last_task_id"], task_id.as_str());
     }
     let delivered = receiver.requests();
@@ -471,11 +453,7 @@ async fn schedule_endpoints_refuse_bad_input_and_store_nothing() {
     assert_eq!(anonymous.status().as_u16(), 401);
 
     // Nothing of the refused requests was stored.
-    let (code, list) = system
-        .call(ACME.api_key, Method::GET, "/v1/schedules", None)
-        .await;
-    assert_eq!(code, 200);
-    assert_eq!(list["schedules"], json!([]));
+    assert!(listed(&system, ACME.api_key).await.is_empty());
 
     // A good one, in a time zone; another tenant cannot see or delete it.
     let response = system
@@ -547,18 +525,8 @@ async fn schedule_endpoints_refuse_bad_input_and_store_nothing() {
     assert_eq!(code, 405);
 
     // Each tenant lists only its own.
-    for (key, expected) in [
-        (ACME.api_key, id),
-        (GLOBEX.api_key, utc["schedule_id"].as_str().unwrap()),
-    ] {
-        let (_, list) = system.call(key, Method::GET, "/v1/schedules", None).await;
-        let ids: Vec<&str> = list["schedules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["schedule_id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, [expected]);
-    }
+    assert_eq!(listed(&system, ACME.api_key).await, [id]);
+    let globex_id = utc["schedule_id"].as_str().unwrap();
+    assert_eq!(listed(&system, GLOBEX.api_key).await, [globex_id]);
     system.stop().await;
 }
