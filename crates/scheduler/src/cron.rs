@@ -55,14 +55,17 @@ pub async fn run(firing: Firing, shutdown: CancellationToken) {
         KvCache::follow(firing.schedules.clone(), shutdown.clone());
     let firing = Arc::new(firing);
     let mut specs: HashMap<String, Option<CronSpec>> = HashMap::new();
-    // The latest slot this replica has seen through (fired, or found fired): the
+    // The latest slot this replica knows to be fired (by itself or another): the
     // mirror lags the bucket by a moment, and this keeps it from re-reading a slot.
     let mut handled: HashMap<String, i64> = HashMap::new();
+    // Schedules not to look at before a time: another replica's claim is still
+    // within its lease, or NATS just failed.
+    let mut deferred: HashMap<String, i64> = HashMap::new();
     let mut busy: HashSet<String> = HashSet::new();
-    let mut in_flight: JoinSet<(String, Option<i64>)> = JoinSet::new();
+    let mut in_flight: JoinSet<(String, Fired)> = JoinSet::new();
     loop {
         while let Some(done) = in_flight.try_join_next() {
-            reap(done, &mut busy, &mut handled);
+            reap(done, &mut busy, &mut handled, &mut deferred);
         }
         let now = tern_core::now_ms();
         let mut wake = now + MAX_SLEEP_MS;
@@ -80,7 +83,16 @@ pub async fn run(firing: Firing, shutdown: CancellationToken) {
             if busy.contains(key) {
                 return;
             }
+            if let Some(until) = deferred.get(key).copied().filter(|until| *until > now) {
+                wake = wake.min(until);
+                return;
+            }
+            let seen = handled.get(key).copied().unwrap_or(0);
             if record.claimed_slot_ms > record.fired_slot_ms {
+                if seen >= record.claimed_slot_ms {
+                    // Settled already; the mirror has not caught up yet.
+                    return;
+                }
                 // Someone is firing it; if they went quiet, take over after the lease.
                 let expiry = record.claimed_at_ms + LEASE_MS;
                 if now >= expiry {
@@ -90,19 +102,19 @@ pub async fn run(firing: Firing, shutdown: CancellationToken) {
                 }
                 return;
             }
-            let seen = handled.get(key).copied().unwrap_or(0);
             if due_slot(spec, record, now).is_some_and(|slot| slot > seen) {
                 due.push((key.to_string(), spec.clone()));
             }
         });
         specs.retain(|key, _| present.contains(key));
         handled.retain(|key, _| present.contains(key));
+        deferred.retain(|key, until| present.contains(key) && *until > now);
         for (key, spec) in due {
             busy.insert(key.clone());
             let firing = firing.clone();
             in_flight.spawn(async move {
-                let slot = fire(&firing, &key, &spec).await;
-                (key, slot)
+                let fired = fire(&firing, &key, &spec).await;
+                (key, fired)
             });
         }
         let pause =
@@ -111,29 +123,46 @@ pub async fn run(firing: Firing, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(pause) => {}
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                reap(done, &mut busy, &mut handled);
+                reap(done, &mut busy, &mut handled, &mut deferred);
             }
         }
     }
     while in_flight.join_next().await.is_some() {}
 }
 
+/// How a firing attempt ended.
+enum Fired {
+    /// Every slot up to this one is fired.
+    Settled(i64),
+    /// Leave the schedule alone until this time (another replica's claim is within
+    /// its lease, or NATS failed).
+    Later(i64),
+}
+
 fn reap(
-    done: Result<(String, Option<i64>), tokio::task::JoinError>,
+    done: Result<(String, Fired), tokio::task::JoinError>,
     busy: &mut HashSet<String>,
     handled: &mut HashMap<String, i64>,
+    deferred: &mut HashMap<String, i64>,
 ) {
-    let Ok((key, slot)) = done else { return };
+    let Ok((key, fired)) = done else { return };
     busy.remove(&key);
-    if let Some(slot) = slot {
-        let seen = handled.entry(key).or_insert(0);
-        *seen = (*seen).max(slot);
+    match fired {
+        Fired::Settled(slot) => {
+            let seen = handled.entry(key).or_insert(0);
+            *seen = (*seen).max(slot);
+        }
+        Fired::Later(until) => {
+            deferred.insert(key, until);
+        }
     }
 }
 
+/// How long to leave a schedule alone after NATS failed.
+const RETRY_MS: i64 = 1_000;
+
 /// Claims and fires the due slot of schedule `key` (or finishes an abandoned claim).
-/// Returns the latest slot now settled for this replica, `None` to retry later.
-async fn fire(firing: &Firing, key: &str, spec: &CronSpec) -> Option<i64> {
+async fn fire(firing: &Firing, key: &str, spec: &CronSpec) -> Fired {
     let now = tern_core::now_ms();
     let mut slot = 0;
     let mut took_over = false;
@@ -158,13 +187,20 @@ async fn fire(firing: &Firing, key: &str, spec: &CronSpec) -> Option<i64> {
     .await;
     let (record, revision) = match claimed {
         Ok(Updated::Written(record, revision)) => (record, revision),
-        // Another replica has it, or had it: nothing to do for this slot.
-        Ok(Updated::Declined(record, _)) => return Some(record.claimed_slot_ms),
+        // Another replica is firing it: look again at the next slot, or when its
+        // lease runs out should it go quiet.
+        Ok(Updated::Declined(record, _)) if record.claimed_slot_ms > record.fired_slot_ms => {
+            let expiry = record.claimed_at_ms + LEASE_MS;
+            let next = spec.next_after(now).unwrap_or(expiry);
+            return Fired::Later(next.min(expiry));
+        }
+        // Another replica fired it.
+        Ok(Updated::Declined(record, _)) => return Fired::Settled(record.fired_slot_ms),
         // Deleted: it fires no more.
-        Ok(Updated::Missing) => return Some(i64::MAX),
+        Ok(Updated::Missing) => return Fired::Settled(i64::MAX),
         Err(e) => {
             tracing::warn!(schedule = key, error = %e, "could not claim a schedule's slot; retrying");
-            return None;
+            return Fired::Later(now + RETRY_MS);
         }
     };
     if took_over {
@@ -178,7 +214,7 @@ async fn fire(firing: &Firing, key: &str, spec: &CronSpec) -> Option<i64> {
             // The claim stays open: after the lease, some replica (maybe this one)
             // finishes it with the same task id.
             tracing::warn!(schedule = %record.id, slot, error = %e, "could not create a scheduled task; will retry");
-            return None;
+            return Fired::Later(now + LEASE_MS);
         }
         Err(Failure::Permanent(e)) => {
             tracing::warn!(schedule = %record.id, slot, error = %e, "schedule slot skipped");
@@ -209,12 +245,12 @@ async fn fire(firing: &Firing, key: &str, spec: &CronSpec) -> Option<i64> {
     if let Err(e) = marked {
         // The task exists; the claim is taken over after the lease and finds it.
         tracing::warn!(schedule = key, slot, error = %e, "could not mark a slot fired");
-        return None;
+        return Fired::Later(now + LEASE_MS);
     }
     if outcome.is_ok() {
         metrics::counter!("tern_schedule_fired_total").increment(1);
     }
-    Some(slot)
+    Fired::Settled(slot)
 }
 
 enum Failure {
