@@ -76,7 +76,7 @@ pub struct TernSystem {
     pub ingress_ops_url: String,
     client: reqwest::Client,
     ingress: Option<Running>,
-    scheduler: Option<Running>,
+    schedulers: Vec<Running>,
     worker: Option<Running>,
     extra_workers: Vec<Running>,
     resolver: Option<Running>,
@@ -226,7 +226,7 @@ impl TernSystem {
             ingress_ops_url: format!("http://{ingress_ops}"),
             client: crate::http(),
             ingress: Some(ingress),
-            scheduler: None,
+            schedulers: Vec::new(),
             worker: None,
             extra_workers: Vec::new(),
             resolver: None,
@@ -238,13 +238,13 @@ impl TernSystem {
         system
     }
 
-    /// Starts (again) the scheduler.
+    /// Starts (again) a scheduler; a second call while one runs adds a replica.
     pub async fn start_scheduler(&mut self) {
         let scheduler = tern_scheduler::Scheduler::bind(self.config.clone())
             .await
             .expect("bind scheduler");
         let ops = scheduler.ops_addr().expect("scheduler ops addr");
-        self.scheduler = Some(spawn(|stop| {
+        self.schedulers.push(spawn(|stop| {
             tokio::spawn(async move {
                 if let Err(e) = scheduler.run(stop).await {
                     panic!("scheduler failed: {e}");
@@ -289,9 +289,9 @@ impl TernSystem {
         running
     }
 
-    /// Stops the scheduler gracefully and waits for it.
+    /// Stops every scheduler replica gracefully and waits for them.
     pub async fn stop_scheduler(&mut self) {
-        if let Some(scheduler) = self.scheduler.take() {
+        for scheduler in self.schedulers.drain(..) {
             scheduler.stop().await;
         }
     }
@@ -328,15 +328,14 @@ impl TernSystem {
 
     /// Stops every service.
     pub async fn stop(mut self) {
-        for running in [
-            self.ingress.take(),
-            self.scheduler.take(),
-            self.worker.take(),
-            self.resolver.take(),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(std::mem::take(&mut self.extra_workers))
+        if let Some(ingress) = self.ingress.take() {
+            ingress.stop().await;
+        }
+        self.stop_scheduler().await;
+        for running in [self.worker.take(), self.resolver.take()]
+            .into_iter()
+            .flatten()
+            .chain(std::mem::take(&mut self.extra_workers))
         {
             running.stop().await;
         }

@@ -78,6 +78,13 @@ impl<T: Message + Default + Clone + Send + Sync + 'static> KvCache<T> {
             .collect()
     }
 
+    /// Calls `f` on every entry (under the read lock: keep `f` short).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &T)) {
+        for (key, value) in self.read().iter() {
+            f(key, value);
+        }
+    }
+
     /// Records a write this process just made, so it reads its own writes at once.
     pub fn insert_local(&self, key: String, value: T) {
         self.write().insert(key, value);

@@ -4,6 +4,7 @@
 //! signing, idempotency, retry backoff, the outbound URL guard, the JetStream
 //! topology, the task record store, health/metrics endpoints and shutdown.
 
+pub mod accept;
 pub mod backoff;
 pub mod callbacks;
 pub mod config;
@@ -20,9 +21,11 @@ pub mod policy;
 pub mod queue_limits;
 pub mod queues;
 pub mod schedule;
+pub mod schedules;
 pub mod service;
 pub mod shutdown;
 pub mod signing;
+pub mod task_request;
 pub mod task_store;
 pub mod task_view;
 pub mod telemetry;

@@ -7,7 +7,6 @@
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures::StreamExt;
 use tern_proto::Message;
 use tern_proto::v1::{QueueLimits, QueuePolicy, RetryPolicy};
 use tokio_util::sync::CancellationToken;
@@ -81,37 +80,14 @@ impl Queues {
         Ok(policy)
     }
 
-    /// The names of a tenant's configured queues, sorted, read from the bucket itself.
+    /// A tenant's configured queues by name, read from the bucket itself.
     pub async fn list(&self, tenant_id: &str) -> Result<Vec<(String, QueuePolicy)>, StoreError> {
-        let prefix = format!("{tenant_id}.");
-        let mut keys = self
-            .store
-            .keys()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            if let Some(name) = key.strip_prefix(&prefix) {
-                names.push(name.to_string());
-            }
-        }
-        names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let key = queue_key(tenant_id, &name);
-            if let Some(value) = self
-                .store
-                .get(&key)
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?
-            {
-                let policy =
-                    QueuePolicy::decode(value).map_err(|e| StoreError::Corrupt(key.clone(), e))?;
-                out.push((name, policy));
-            }
-        }
-        Ok(out)
+        let prefix = queue_key(tenant_id, "");
+        let policies = crate::task_store::list_prefixed(&self.store, &prefix).await?;
+        Ok(policies
+            .into_iter()
+            .map(|(key, policy)| (key[prefix.len()..].to_string(), policy))
+            .collect())
     }
 }
 

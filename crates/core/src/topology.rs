@@ -37,6 +37,8 @@ pub const QUEUES_BUCKET: &str = "tern_queues";
 pub const RATE_BUCKET: &str = "tern_rate";
 /// KV bucket of endpoints disabled after a 410.
 pub const ENDPOINTS_BUCKET: &str = "tern_endpoints";
+/// KV bucket of recurring schedules.
+pub const SCHEDULES_BUCKET: &str = "tern_schedules";
 /// KV bucket of pending callbacks (per-key TTL).
 pub const CALLBACKS_BUCKET: &str = "tern_callbacks";
 /// Stream of durable timers (JetStream message schedules).
@@ -255,6 +257,8 @@ pub struct Topology {
     pub rate: kv::Store,
     /// Pending callbacks.
     pub callbacks: kv::Store,
+    /// Recurring schedules.
+    pub schedules: kv::Store,
 }
 
 /// Why the topology could not be created or opened.
@@ -427,6 +431,11 @@ impl Topology {
             .await
             .map_err(err("create bucket tern_endpoints"))?;
 
+        let schedules = js
+            .create_or_update_key_value(bucket(SCHEDULES_BUCKET, Duration::ZERO))
+            .await
+            .map_err(err("create bucket tern_schedules"))?;
+
         let callbacks = js
             .create_or_update_key_value(kv::Config {
                 // Per-key TTLs (each callback expires with its own timeout).
@@ -444,6 +453,7 @@ impl Topology {
             endpoints,
             rate,
             callbacks,
+            schedules,
         })
     }
 

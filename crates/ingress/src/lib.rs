@@ -10,8 +10,8 @@ mod body;
 mod error;
 mod limits;
 mod queues;
+mod schedules;
 mod state;
-mod submit;
 mod tasks;
 
 use std::future::IntoFuture;
@@ -24,7 +24,6 @@ use axum::routing::post;
 use tern_core::config::Config;
 use tern_core::service::{Runtime, StartError, bind};
 use tern_core::tenants::Tenants;
-use tern_core::url_guard::UrlGuard;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +37,14 @@ fn router(state: AppState) -> Router {
         .route(
             "/v1/tasks/{id}",
             axum::routing::get(tasks::get).delete(tasks::cancel),
+        )
+        .route(
+            "/v1/schedules",
+            axum::routing::get(schedules::list).post(schedules::create),
+        )
+        .route(
+            "/v1/schedules/{id}",
+            axum::routing::get(schedules::get).delete(schedules::delete),
         )
         .route("/v1/queues", axum::routing::get(queues::list))
         .route(
@@ -114,13 +121,11 @@ impl Ingress {
                 runtime.topology.idempotency.clone(),
             ),
             js: runtime.topology.js.clone(),
-            guard: UrlGuard::new(self.config.outbound.allowed_networks.clone()),
-            schedules: tern_core::delayed::Delayed::new(runtime.topology.js.clone()),
+            rules: tern_core::task_request::TaskRules::from_config(&self.config),
+            acceptor: tern_core::accept::Acceptor::new(&runtime.topology, &self.config),
+            delayed: tern_core::delayed::Delayed::new(runtime.topology.js.clone()),
+            schedules: tern_core::schedules::Schedules::new(runtime.topology.schedules.clone()),
             limits: limits::RateLimits::new(self.config.ingress.rate_limits.clone()),
-            callbacks: tern_core::callbacks::Callbacks::new(
-                runtime.topology.callbacks.clone(),
-                runtime.topology.js.clone(),
-            ),
             queues: queues.clone(),
             config: self.config.clone(),
         });
