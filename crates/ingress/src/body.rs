@@ -78,8 +78,8 @@ async fn read<T: DeserializeOwned>(req: Request, limit: usize) -> Result<JsonBod
 /// body nested in another), as `retry.max_retries: …`.
 pub fn parse<T: DeserializeOwned>(raw: &[u8], prefix: &str) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(raw);
-    let value = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|e| shape_error(e, prefix))?;
+    let value =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| shape_error(e, prefix))?;
     deserializer
         .end()
         .map_err(|e| ApiError::InvalidJson(format!("request body is not valid JSON: {e}")))?;
