@@ -1,6 +1,7 @@
 //! Proxied calls: retries against an upstream, the outcome delivered to a callback,
 //! routes that cascade over providers, idempotency windows, header validation, the
-//! synchronous mode, and the identity key kept out of logs, records and responses.
+//! synchronous mode, the `proxy` queue's limits, and the identity key kept out of
+//! logs, records and responses.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -247,6 +248,44 @@ async fn an_upstream_that_always_fails_sends_the_failure_payload_with_its_own_re
         .await;
     assert_eq!(code, 200, "{letter}");
     assert_eq!(letter["payload"]["charge"], "ch_1");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_queue_limits_hold_upstream_calls_and_callbacks_alike() {
+    let nats = NatsServer::start().await;
+    let mut system = TernSystem::start(&nats).await;
+    // One receiver plays upstream and callback, so it sees every dispatch of the
+    // queue; each is held long enough that unlimited ones would overlap.
+    let both = Receiver::start_slow(Duration::from_millis(200)).await;
+    system
+        .put_queue_first("proxy", json!({"max_concurrent": 1}))
+        .await;
+
+    let (upstream, hook) = (both.url("/upstream"), both.url("/hook"));
+    let headers = [
+        ("X-Target-URL", upstream.as_str()),
+        ("X-Webhook-Callback", hook.as_str()),
+    ];
+    let mut jobs = Vec::new();
+    for _ in 0..6 {
+        jobs.push(accepted(&system, &headers, "{}").await);
+    }
+    for job_id in &jobs {
+        let task = system
+            .wait_for_status(ACME.api_key, job_id, "succeeded")
+            .await;
+        assert_eq!(phases(&task), ["upstream", "callback"]);
+    }
+
+    let paths: Vec<String> = both.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths.iter().filter(|p| *p == "/upstream").count(), 6);
+    assert_eq!(paths.iter().filter(|p| *p == "/hook").count(), 6);
+    assert_eq!(
+        both.max_in_flight(),
+        1,
+        "max_concurrent 1 holds for the proxy queue's upstream calls and callbacks"
+    );
     system.stop().await;
 }
 

@@ -36,6 +36,20 @@ pub const GLOBEX: Tenant = Tenant {
     secret: "whsec_dGVzdC1zZWNyZXQtZ2xvYmV4LTEyMzQ1Njc4",
 };
 
+/// Developer-tier test tenant.
+pub const INITECH: Tenant = Tenant {
+    id: "initech",
+    api_key: "test-key-initech",
+    secret: "whsec_dGVzdC1zZWNyZXQtaW5pdGVjaC0xMjM0NTY3",
+};
+
+/// A second free-tier test tenant (fairness within a tier).
+pub const UMBRELLA: Tenant = Tenant {
+    id: "umbrella",
+    api_key: "test-key-umbrella",
+    secret: "whsec_dGVzdC1zZWNyZXQtdW1icmVsbGEtMTIzNDU2",
+};
+
 struct Running {
     stop: CancellationToken,
     handle: JoinHandle<()>,
@@ -62,8 +76,9 @@ pub struct TernSystem {
     pub ingress_ops_url: String,
     client: reqwest::Client,
     ingress: Option<Running>,
-    scheduler: Option<Running>,
+    schedulers: Vec<Running>,
     worker: Option<Running>,
+    extra_workers: Vec<Running>,
     resolver: Option<Running>,
 }
 
@@ -73,7 +88,7 @@ pub const PROXY_KEY: &str = "test-proxy-sealing-key-0123456789abcdef";
 /// Admin token of the test configuration.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-/// The test configuration: two tenants, loopback allowed, every port ephemeral.
+/// The test configuration: four tenants (business, developer and two free), loopback allowed, every port ephemeral.
 pub fn test_config(nats_url: &str) -> Config {
     Config::from_toml(&test_config_toml(nats_url)).expect("test config")
 }
@@ -124,6 +139,16 @@ pub fn test_config_toml(nats_url: &str) -> String {
         tier = "free"
         api_key_hashes = ["{globex_hash}"]
         signing_secrets = ["{globex_secret}"]
+        [[tenants]]
+        id = "{initech}"
+        tier = "developer"
+        api_key_hashes = ["{initech_hash}"]
+        signing_secrets = ["{initech_secret}"]
+        [[tenants]]
+        id = "{umbrella}"
+        tier = "free"
+        api_key_hashes = ["{umbrella_hash}"]
+        signing_secrets = ["{umbrella_secret}"]
         "#,
         acme = ACME.id,
         acme_hash = hash_api_key(ACME.api_key),
@@ -131,6 +156,12 @@ pub fn test_config_toml(nats_url: &str) -> String {
         globex = GLOBEX.id,
         globex_hash = hash_api_key(GLOBEX.api_key),
         globex_secret = GLOBEX.secret,
+        initech = INITECH.id,
+        initech_hash = hash_api_key(INITECH.api_key),
+        initech_secret = INITECH.secret,
+        umbrella = UMBRELLA.id,
+        umbrella_hash = hash_api_key(UMBRELLA.api_key),
+        umbrella_secret = UMBRELLA.secret,
         admin_token = ADMIN_TOKEN,
         proxy_key = PROXY_KEY,
     )
@@ -201,8 +232,9 @@ impl TernSystem {
             ingress_ops_url: format!("http://{ingress_ops}"),
             client: crate::http(),
             ingress: Some(ingress),
-            scheduler: None,
+            schedulers: Vec::new(),
             worker: None,
+            extra_workers: Vec::new(),
             resolver: None,
         };
         system.resolver_url = system.config.resolver.public_url.clone();
@@ -212,13 +244,13 @@ impl TernSystem {
         system
     }
 
-    /// Starts (again) the scheduler.
+    /// Starts (again) a scheduler; a second call while one runs adds a replica.
     pub async fn start_scheduler(&mut self) {
         let scheduler = tern_scheduler::Scheduler::bind(self.config.clone())
             .await
             .expect("bind scheduler");
         let ops = scheduler.ops_addr().expect("scheduler ops addr");
-        self.scheduler = Some(spawn(|stop| {
+        self.schedulers.push(spawn(|stop| {
             tokio::spawn(async move {
                 if let Err(e) = scheduler.run(stop).await {
                     panic!("scheduler failed: {e}");
@@ -237,23 +269,35 @@ impl TernSystem {
     pub async fn start_worker_with(&mut self, tweak: impl FnOnce(&mut Config)) {
         let mut config = self.config.clone();
         tweak(&mut config);
+        self.worker = Some(Self::run_worker(config).await);
+    }
+
+    /// Starts one more delivery worker beside the first (replicas share consumers);
+    /// it runs until [`TernSystem::stop`].
+    pub async fn start_extra_worker(&mut self) {
+        let worker = Self::run_worker(self.config.clone()).await;
+        self.extra_workers.push(worker);
+    }
+
+    async fn run_worker(config: Config) -> Running {
         let worker = tern_delivery_worker::Worker::bind(config)
             .await
             .expect("bind worker");
         let ops = worker.ops_addr().expect("worker ops addr");
-        self.worker = Some(spawn(|stop| {
+        let running = spawn(|stop| {
             tokio::spawn(async move {
                 if let Err(e) = worker.run(stop).await {
                     panic!("worker failed: {e}");
                 }
             })
-        }));
+        });
         wait_ready(ops).await;
+        running
     }
 
-    /// Stops the scheduler gracefully and waits for it.
+    /// Stops every scheduler replica gracefully and waits for them.
     pub async fn stop_scheduler(&mut self) {
-        if let Some(scheduler) = self.scheduler.take() {
+        for scheduler in self.schedulers.drain(..) {
             scheduler.stop().await;
         }
     }
@@ -290,14 +334,14 @@ impl TernSystem {
 
     /// Stops every service.
     pub async fn stop(mut self) {
-        for running in [
-            self.ingress.take(),
-            self.scheduler.take(),
-            self.worker.take(),
-            self.resolver.take(),
-        ]
-        .into_iter()
-        .flatten()
+        if let Some(ingress) = self.ingress.take() {
+            ingress.stop().await;
+        }
+        self.stop_scheduler().await;
+        for running in [self.worker.take(), self.resolver.take()]
+            .into_iter()
+            .flatten()
+            .chain(std::mem::take(&mut self.extra_workers))
         {
             running.stop().await;
         }
@@ -340,6 +384,30 @@ impl TernSystem {
     ) -> (u16, Value) {
         self.json_call(&self.api_url, api_key, method, path, body)
             .await
+    }
+
+    /// `PUT /v1/queues/{name}` as ACME, which must answer 200: the stored policy.
+    pub async fn put_queue(&self, name: &str, policy: Value) -> Value {
+        let (code, body) = self
+            .call(
+                ACME.api_key,
+                http::Method::PUT,
+                &format!("/v1/queues/{name}"),
+                Some(&policy),
+            )
+            .await;
+        assert_eq!(code, 200, "{policy}: {body}");
+        body
+    }
+
+    /// [`put_queue`](Self::put_queue) while the scheduler is stopped: it loads every
+    /// policy before it forwards anything, so no task submitted afterwards can be
+    /// routed before the policy is seen.
+    pub async fn put_queue_first(&mut self, name: &str, policy: Value) -> Value {
+        self.stop_scheduler().await;
+        let queue = self.put_queue(name, policy).await;
+        self.start_scheduler().await;
+        queue
     }
 
     async fn json_call(

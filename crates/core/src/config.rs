@@ -168,6 +168,18 @@ pub struct TierRates {
     pub free: u32,
 }
 
+impl TierRates {
+    /// The number for `tier`.
+    pub fn get(&self, tier: crate::tier::Tier) -> u32 {
+        use crate::tier::Tier;
+        match tier {
+            Tier::Business => self.business,
+            Tier::Developer => self.developer,
+            Tier::Free => self.free,
+        }
+    }
+}
+
 impl Default for TierRates {
     fn default() -> Self {
         Self {
@@ -186,6 +198,15 @@ pub struct SchedulerConfig {
     pub ops_listen: SocketAddr,
     /// Intake messages forwarded concurrently (publish acks in flight).
     pub max_in_flight: usize,
+    /// Share of worker capacity per tier when every tier has a backlog.
+    pub tier_weights: TierRates,
+    /// Intake messages each scheduler buffers per tenant to choose from.
+    pub intake_buffer: usize,
+    /// How much work (in time at the workers' current pace) to keep queued on READY;
+    /// the rest waits in INTAKE where the fair order is still decided.
+    pub ready_backlog: HumanDuration,
+    /// Fewest messages kept queued on READY, whatever the pace.
+    pub ready_backlog_min: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -193,6 +214,14 @@ impl Default for SchedulerConfig {
         Self {
             ops_listen: ([127, 0, 0, 1], 9081).into(),
             max_in_flight: 512,
+            tier_weights: TierRates {
+                business: 6,
+                developer: 3,
+                free: 1,
+            },
+            intake_buffer: 128,
+            ready_backlog: HumanDuration(std::time::Duration::from_millis(20)),
+            ready_backlog_min: 2,
         }
     }
 }
@@ -462,6 +491,23 @@ impl Config {
         }
         if self.proxy.max_response_bytes == 0 || self.proxy.max_response_bytes > 2 * 1024 * 1024 {
             return invalid("proxy.max_response_bytes must be 1..=2097152".into());
+        }
+        let weights = &self.scheduler.tier_weights;
+        for (tier, weight) in [
+            ("business", weights.business),
+            ("developer", weights.developer),
+            ("free", weights.free),
+        ] {
+            if !(1..=1000).contains(&weight) {
+                return invalid(format!(
+                    "scheduler.tier_weights.{tier} must be 1..=1000, got {weight}"
+                ));
+            }
+        }
+        if self.scheduler.intake_buffer == 0 || self.scheduler.ready_backlog_min == 0 {
+            return invalid(
+                "scheduler.intake_buffer and scheduler.ready_backlog_min must be at least 1".into(),
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for tenant in &self.tenants {

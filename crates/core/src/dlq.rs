@@ -4,16 +4,17 @@
 //! (`tern.dlq.<tenant>.<queue>.<task>`), each carrying the task (payload included) and
 //! its record with the whole attempt history. Re-drive is a compare-and-swap of the
 //! record from `dead` back to `queued` with a fresh retry budget, followed by a publish
-//! to READY: of two concurrent re-drives only one wins the CAS, so a task is never
+//! to READY (the queue's own subject when it has limits, so a re-driven task counts
+//! toward them): of two concurrent re-drives only one wins the CAS, so a task is never
 //! delivered twice by re-driving it twice.
 
 use async_nats::jetstream::{self, stream};
 use tern_proto::Message;
 use tern_proto::v1::{DeadLetter, TaskStatus};
 
+use crate::queues::Queues;
 use crate::task_store::{Change, StoreError, TaskStore, Updated};
-use crate::tier::Tier;
-use crate::topology::{DLQ_STREAM, dlq_subject, ready_subject};
+use crate::topology::{DLQ_STREAM, dlq_subject};
 
 /// Why a dead-letter operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +81,13 @@ const SCAN_BUDGET: usize = 5_000;
 pub struct DeadLetters {
     js: jetstream::Context,
     tasks: TaskStore,
+    queues: Queues,
 }
 
 impl DeadLetters {
-    /// Dead letters over `js` with task records in `tasks`.
-    pub fn new(js: jetstream::Context, tasks: TaskStore) -> Self {
-        Self { js, tasks }
+    /// Dead letters over `js` with task records in `tasks`; `queues` routes re-drives.
+    pub fn new(js: jetstream::Context, tasks: TaskStore, queues: Queues) -> Self {
+        Self { js, tasks, queues }
     }
 
     async fn stream(&self) -> Result<stream::Stream, DlqError> {
@@ -204,7 +206,10 @@ impl DeadLetters {
         // The record no longer looks like the task's initial record (it has history),
         // so the worker must read it rather than CAS from a rebuilt one.
         task.record_revision = 0;
-        let tier = Tier::from_proto(task.tier());
+        let subject = crate::queue_limits::ready_subject_for(
+            &task,
+            self.queues.policy(&task.tenant_id, &task.queue).as_ref(),
+        );
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
@@ -213,11 +218,7 @@ impl DeadLetters {
         let publish = jetstream::message::PublishMessage::build()
             .payload(task.encode_to_vec().into())
             .headers(headers);
-        let published = match self
-            .js
-            .send_publish(ready_subject(tier, &task.tenant_id), publish)
-            .await
-        {
+        let published = match self.js.send_publish(subject, publish).await {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };

@@ -17,12 +17,15 @@ use tokio_util::sync::CancellationToken;
 /// An in-memory mirror of a bucket whose values are protobuf `T`.
 pub struct KvCache<T> {
     entries: Arc<RwLock<HashMap<String, T>>>,
+    /// Becomes true once the whole bucket has been loaded.
+    synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<T> Clone for KvCache<T> {
     fn clone(&self) -> Self {
         Self {
             entries: self.entries.clone(),
+            synced: self.synced.clone(),
         }
     }
 }
@@ -30,15 +33,17 @@ impl<T> Clone for KvCache<T> {
 impl<T: Message + Default + Clone + Send + Sync + 'static> KvCache<T> {
     /// Starts following `store` until `shutdown` fires; returns at once.
     pub fn follow(store: kv::Store, shutdown: CancellationToken) -> Self {
+        let (loaded, synced) = tokio::sync::watch::channel(false);
         let cache = Self {
             entries: Arc::new(RwLock::new(HashMap::new())),
+            synced,
         };
         let entries = cache.entries.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    result = sync(&store, &entries) => {
+                    result = sync(&store, &entries, &loaded) => {
                         if let Err(e) = result {
                             tracing::debug!(error = %e, "bucket watch interrupted; resyncing");
                         }
@@ -53,9 +58,31 @@ impl<T: Message + Default + Clone + Send + Sync + 'static> KvCache<T> {
         cache
     }
 
+    /// Waits until the whole bucket has been loaded once (or following stopped), for
+    /// callers that must not act on an empty mirror, such as limits after a restart.
+    pub async fn synced(&self) {
+        let mut synced = self.synced.clone();
+        let _ = synced.wait_for(|loaded| *loaded).await;
+    }
+
     /// The current value of `key`.
     pub fn get(&self, key: &str) -> Option<T> {
         self.read().get(key).cloned()
+    }
+
+    /// A copy of every entry (for small buckets that are walked, such as policies).
+    pub fn entries(&self) -> Vec<(String, T)> {
+        self.read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Calls `f` on every entry (under the read lock: keep `f` short).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &T)) {
+        for (key, value) in self.read().iter() {
+            f(key, value);
+        }
     }
 
     /// Records a write this process just made, so it reads its own writes at once.
@@ -81,6 +108,7 @@ impl<T: Message + Default + Clone + Send + Sync + 'static> KvCache<T> {
 async fn sync<T: Message + Default>(
     store: &kv::Store,
     entries: &RwLock<HashMap<String, T>>,
+    loaded: &tokio::sync::watch::Sender<bool>,
 ) -> Result<(), String> {
     let mut watch = store
         .watch_with_history(">")
@@ -90,6 +118,7 @@ async fn sync<T: Message + Default>(
     let mut snapshot = Some(HashMap::new());
     if initial == 0 {
         swap_in(entries, &mut snapshot);
+        loaded.send_replace(true);
     }
     while let Some(entry) = watch.next().await {
         let entry = entry.map_err(|e| e.to_string())?;
@@ -105,6 +134,7 @@ async fn sync<T: Message + Default>(
                 };
                 if entry.delta == 0 {
                     swap_in(entries, &mut snapshot);
+                    loaded.send_replace(true);
                 }
             }
             None => {

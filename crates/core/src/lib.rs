@@ -5,6 +5,7 @@
 //! URL guard, proxied calls and sealing of their credentials, the JetStream
 //! topology, the task record store, health/metrics endpoints and shutdown.
 
+pub mod accept;
 pub mod backoff;
 pub mod callbacks;
 pub mod config;
@@ -20,19 +21,23 @@ pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod proxy;
+pub mod queue_limits;
 pub mod queues;
 pub mod retry;
 pub mod round;
 pub mod schedule;
+pub mod schedules;
 pub mod sealing;
 pub mod service;
 pub mod shutdown;
 pub mod signing;
+pub mod task_request;
 pub mod task_store;
 pub mod task_view;
 pub mod telemetry;
 pub mod tenants;
 pub mod tier;
+pub mod token_bucket;
 pub mod topology;
 pub mod url_guard;
 

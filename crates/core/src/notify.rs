@@ -9,13 +9,10 @@
 
 use async_nats::jetstream;
 use serde::Serialize;
-use tern_proto::Message;
 use tern_proto::v1::{NotifyWork, Task, TaskRecord, task::Work};
 
 use crate::task_store::{TaskStore, initial_record, is_terminal};
 use crate::task_view::{TaskView, rfc3339, status_name};
-use crate::tier::Tier;
-use crate::topology::intake_subject;
 
 /// The event body receivers get.
 #[derive(Serialize)]
@@ -57,7 +54,6 @@ async fn publish(
     record: &TaskRecord,
 ) -> Result<(), String> {
     let event_id = uuid::Uuid::now_v7().to_string();
-    let tier = Tier::from_proto(record.tier());
     let mut task = Task {
         id: event_id.clone(),
         tenant_id: record.tenant_id.clone(),
@@ -69,6 +65,8 @@ async fn publish(
         callback_deadline_ms: 0,
         notify_url: String::new(),
         not_before_ms: 0,
+        schedule_id: String::new(),
+        schedule_slot_ms: 0,
         work: Some(Work::Notify(NotifyWork {
             url: record.notify_url.clone(),
             event_json: event_json(&event_id, record).into(),
@@ -79,16 +77,7 @@ async fn publish(
         .create(&initial_record(&task))
         .await
         .map_err(|e| e.to_string())?;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, event_id.as_str());
-    let publish = jetstream::message::PublishMessage::build()
-        .payload(task.encode_to_vec().into())
-        .headers(headers);
-    js.send_publish(intake_subject(tier, &record.tenant_id), publish)
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::accept::publish_to_intake(js, &task).await?;
     Ok(())
 }
 

@@ -312,6 +312,8 @@ pub fn callback_task(task: &Task, work: &ProxyWork, round: &Round, failure: Opti
         callback_deadline_ms: 0,
         notify_url: task.notify_url.clone(),
         not_before_ms: 0,
+        schedule_id: String::new(),
+        schedule_slot_ms: 0,
         work: Some(Work::ProxyCallback(callback)),
     }
 }

@@ -1,14 +1,14 @@
 //! Queue policies: per tenant and queue name, in the `tern_queues` bucket.
 //!
-//! Queues exist implicitly (any valid name works); a policy only changes how their
-//! tasks are retried. The ingress resolves a task's policy from a local mirror of the
-//! bucket, so submitting a task never waits for a policy read.
+//! Queues exist implicitly (any valid name works); a policy changes how their tasks
+//! are retried and may limit how they are dispatched (see [`crate::queue_limits`]).
+//! Every process resolves policies from a local mirror of the bucket, so submitting,
+//! forwarding or delivering a task never waits for a policy read.
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures::StreamExt;
 use tern_proto::Message;
-use tern_proto::v1::{QueuePolicy, RetryPolicy};
+use tern_proto::v1::{QueueLimits, QueuePolicy, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::kv_cache::KvCache;
@@ -33,22 +33,44 @@ impl Queues {
         Self { store, cache }
     }
 
+    /// Waits until every stored policy is known (once, after start).
+    pub async fn synced(&self) {
+        self.cache.synced().await;
+    }
+
     /// The configured policy of a queue, if any.
     pub fn policy(&self, tenant_id: &str, queue: &str) -> Option<QueuePolicy> {
         self.cache.get(&queue_key(tenant_id, queue))
     }
 
-    /// Stores a queue's retry policy, replacing any earlier one.
+    /// Every queue whose policy sets a limit: (tenant, queue, limits).
+    pub fn limited(&self) -> Vec<(String, String, QueueLimits)> {
+        self.cache
+            .entries()
+            .into_iter()
+            .filter_map(|(key, policy)| {
+                let limits = policy
+                    .limits
+                    .filter(|l| crate::queue_limits::is_limited(Some(l)))?;
+                let (tenant, queue) = key.split_once('.')?;
+                Some((tenant.to_string(), queue.to_string(), limits))
+            })
+            .collect()
+    }
+
+    /// Stores a queue's policy, replacing any earlier one.
     pub async fn put(
         &self,
         tenant_id: &str,
         queue: &str,
         retry: RetryPolicy,
+        limits: Option<QueueLimits>,
     ) -> Result<QueuePolicy, StoreError> {
         let key = queue_key(tenant_id, queue);
         let policy = QueuePolicy {
             retry: Some(retry),
             updated_at_ms: crate::now_ms(),
+            limits,
         };
         self.store
             .put(&key, Bytes::from(policy.encode_to_vec()))
@@ -58,37 +80,14 @@ impl Queues {
         Ok(policy)
     }
 
-    /// The names of a tenant's configured queues, sorted, read from the bucket itself.
+    /// A tenant's configured queues by name, read from the bucket itself.
     pub async fn list(&self, tenant_id: &str) -> Result<Vec<(String, QueuePolicy)>, StoreError> {
-        let prefix = format!("{tenant_id}.");
-        let mut keys = self
-            .store
-            .keys()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            if let Some(name) = key.strip_prefix(&prefix) {
-                names.push(name.to_string());
-            }
-        }
-        names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let key = queue_key(tenant_id, &name);
-            if let Some(value) = self
-                .store
-                .get(&key)
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?
-            {
-                let policy =
-                    QueuePolicy::decode(value).map_err(|e| StoreError::Corrupt(key.clone(), e))?;
-                out.push((name, policy));
-            }
-        }
-        Ok(out)
+        let prefix = queue_key(tenant_id, "");
+        let policies = crate::task_store::list_prefixed(&self.store, &prefix).await?;
+        Ok(policies
+            .into_iter()
+            .map(|(key, policy)| (key[prefix.len()..].to_string(), policy))
+            .collect())
     }
 }
 

@@ -7,6 +7,7 @@
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
+use futures::StreamExt;
 use tern_proto::Message;
 use tern_proto::v1::{TaskRecord, TaskStatus};
 
@@ -17,21 +18,21 @@ pub enum StoreError {
     #[error("task store unavailable: {0}")]
     Unavailable(String),
     /// The stored bytes are not a TaskRecord (corruption or a foreign writer).
-    #[error("task record {0} is corrupt: {1}")]
+    #[error("record {0} is corrupt: {1}")]
     Corrupt(String, prost::DecodeError),
     /// Too many concurrent writers won the CAS; the caller may retry later.
     #[error("task record {0} is contended")]
     Contended(String),
 }
 
-/// The result of [`TaskStore::update`].
+/// The result of [`TaskStore::update`] (and of [`update`] on any protobuf record).
 #[derive(Debug)]
-pub enum Updated {
+pub enum Updated<T = TaskRecord> {
     /// The change was written; the record as stored and its new revision.
-    Written(TaskRecord, u64),
-    /// The change function declined (the task is in a state where it does not apply).
-    Declined(TaskRecord, u64),
-    /// There is no such task.
+    Written(T, u64),
+    /// The change function declined (the record is in a state where it does not apply).
+    Declined(T, u64),
+    /// There is no such record.
     Missing,
 }
 
@@ -90,19 +91,7 @@ impl TaskStore {
 
     /// The record and its revision, if it exists.
     pub async fn get(&self, id: &str) -> Result<Option<(TaskRecord, u64)>, StoreError> {
-        let entry = self
-            .kv
-            .entry(id)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let record = TaskRecord::decode(entry.value)
-                    .map_err(|e| StoreError::Corrupt(id.to_string(), e))?;
-                Ok(Some((record, entry.revision)))
-            }
-            _ => Ok(None),
-        }
+        read(&self.kv, id).await
     }
 
     /// Applies `change` by compare-and-swap, re-reading and re-deciding on conflict.
@@ -113,41 +102,102 @@ impl TaskStore {
         &self,
         id: &str,
         known: Option<(TaskRecord, u64)>,
-        mut change: F,
+        change: F,
     ) -> Result<Updated, StoreError>
     where
         F: FnMut(&mut TaskRecord) -> Change,
     {
-        let mut current = match known {
-            Some(known) => Some(known),
-            None => self.get(id).await?,
-        };
-        for round in 0..MAX_CAS_ROUNDS {
-            let Some((mut record, revision)) = current.take() else {
-                return Ok(Updated::Missing);
-            };
-            let before = record.clone();
-            if change(&mut record) == Change::Decline {
-                return Ok(Updated::Declined(before, revision));
-            }
-            match self
-                .kv
-                .update(id, Bytes::from(record.encode_to_vec()), revision)
-                .await
-            {
-                Ok(new_revision) => return Ok(Updated::Written(record, new_revision)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    if round > 2 {
-                        let pause = rand::random_range(0..=u64::from(round.min(20)));
-                        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                    }
-                    current = self.get(id).await?;
-                }
-                Err(e) => return Err(StoreError::Unavailable(e.to_string())),
-            }
-        }
-        Err(StoreError::Contended(id.to_string()))
+        update(&self.kv, id, known, change).await
     }
+}
+
+/// The protobuf record under `key` and its revision, if it exists (not deleted).
+pub async fn read<T: Message + Default>(
+    kv: &kv::Store,
+    key: &str,
+) -> Result<Option<(T, u64)>, StoreError> {
+    let entry = kv
+        .entry(key)
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let record =
+                T::decode(entry.value).map_err(|e| StoreError::Corrupt(key.to_string(), e))?;
+            Ok(Some((record, entry.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Every protobuf record whose key starts with `prefix`, by key, read from the bucket
+/// itself (not a mirror), so a caller sees writes made through any replica.
+pub async fn list_prefixed<T: Message + Default>(
+    kv: &kv::Store,
+    prefix: &str,
+) -> Result<Vec<(String, T)>, StoreError> {
+    let mut keys = kv
+        .keys()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let mut matching = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        if key.starts_with(prefix) {
+            matching.push(key);
+        }
+    }
+    matching.sort();
+    let mut out = Vec::with_capacity(matching.len());
+    for key in matching {
+        // Deleted between the listing and the read: not there any more.
+        if let Some((record, _)) = read(kv, &key).await? {
+            out.push((key, record));
+        }
+    }
+    Ok(out)
+}
+
+/// Applies `change` to the protobuf record under `key` by compare-and-swap,
+/// re-reading and re-deciding on conflict; a deleted record is [`Updated::Missing`].
+pub async fn update<T, F>(
+    kv: &kv::Store,
+    key: &str,
+    known: Option<(T, u64)>,
+    mut change: F,
+) -> Result<Updated<T>, StoreError>
+where
+    T: Message + Default + Clone,
+    F: FnMut(&mut T) -> Change,
+{
+    let mut current = match known {
+        Some(known) => Some(known),
+        None => read(kv, key).await?,
+    };
+    for round in 0..MAX_CAS_ROUNDS {
+        let Some((mut record, revision)) = current.take() else {
+            return Ok(Updated::Missing);
+        };
+        let before = record.clone();
+        if change(&mut record) == Change::Decline {
+            return Ok(Updated::Declined(before, revision));
+        }
+        match kv
+            .update(key, Bytes::from(record.encode_to_vec()), revision)
+            .await
+        {
+            Ok(new_revision) => return Ok(Updated::Written(record, new_revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                if round > 2 {
+                    let pause = rand::random_range(0..=u64::from(round.min(20)));
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                current = read(kv, key).await?;
+            }
+            Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+        }
+    }
+    Err(StoreError::Contended(key.to_string()))
 }
 
 /// Why [`TaskStore::create`] failed.
@@ -200,6 +250,8 @@ pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
         retry: task.retry,
         callback_url,
         route_key,
+        schedule_id: task.schedule_id.clone(),
+        schedule_slot_ms: task.schedule_slot_ms,
         ..Default::default()
     }
 }

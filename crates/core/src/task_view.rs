@@ -73,6 +73,12 @@ pub struct TaskView {
     /// When a delayed task becomes due.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<String>,
+    /// The recurring schedule that created the task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
+    /// The schedule's slot (cron time) the task was created for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_slot: Option<String>,
     /// Every attempt so far, oldest first.
     pub attempts: Vec<AttemptView>,
     /// When the next retry is due, while one is pending.
@@ -167,6 +173,8 @@ impl From<&TaskRecord> for TaskView {
             created_at: rfc3339(r.created_at_ms),
             updated_at: rfc3339(r.updated_at_ms),
             scheduled_for: (r.scheduled_for_ms != 0).then(|| rfc3339(r.scheduled_for_ms)),
+            schedule_id: (!r.schedule_id.is_empty()).then(|| r.schedule_id.clone()),
+            schedule_slot: (!r.schedule_id.is_empty()).then(|| rfc3339(r.schedule_slot_ms)),
             attempts: r.attempts.iter().map(AttemptView::from).collect(),
             next_attempt_at: (r.next_attempt_at_ms != 0).then(|| rfc3339(r.next_attempt_at_ms)),
             result: r.result.as_ref().map(|res| ResultView {

@@ -22,8 +22,9 @@ pub const INTAKE_STREAM: &str = "TERN_INTAKE";
 pub const READY_STREAM: &str = "TERN_READY";
 /// Stream of dead letters, kept for operators.
 pub const DLQ_STREAM: &str = "TERN_DLQ";
-/// Durable consumer of the scheduler on INTAKE.
-pub const SCHEDULER_CONSUMER: &str = "scheduler";
+/// The single INTAKE consumer of earlier versions, replaced by one per tenant; its
+/// filter overlaps theirs, which a work-queue stream forbids, so it is removed.
+const LEGACY_INTAKE_CONSUMER: &str = "scheduler";
 /// Durable consumer shared by all delivery workers on READY.
 pub const WORKER_CONSUMER: &str = "delivery";
 /// KV bucket of task records.
@@ -32,8 +33,12 @@ pub const TASKS_BUCKET: &str = "tern_tasks";
 pub const IDEMPOTENCY_BUCKET: &str = "tern_idempotency";
 /// KV bucket of queue policies.
 pub const QUEUES_BUCKET: &str = "tern_queues";
+/// KV bucket of the shared token buckets of rate-limited queues.
+pub const RATE_BUCKET: &str = "tern_rate";
 /// KV bucket of endpoints disabled after a 410.
 pub const ENDPOINTS_BUCKET: &str = "tern_endpoints";
+/// KV bucket of recurring schedules.
+pub const SCHEDULES_BUCKET: &str = "tern_schedules";
 /// KV bucket of pending callbacks (per-key TTL).
 pub const CALLBACKS_BUCKET: &str = "tern_callbacks";
 /// KV bucket of proxy routes.
@@ -106,14 +111,130 @@ pub fn intake_subject(tier: Tier, tenant_id: &str) -> String {
     )
 }
 
-/// Subject of a due task on READY.
+/// Durable INTAKE consumer of one tenant's tasks, shared by every scheduler replica.
+/// One per tenant lets the scheduler take any tenant's next task without reading
+/// through another tenant's backlog.
+pub fn intake_consumer(tenant_id: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(format!("intake-{tenant_id}")),
+        filter_subject: format!("tern.intake.*.*.{tenant_id}"),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// Subject of a due task on READY that no queue limit governs.
 pub fn ready_subject(tier: Tier, tenant_id: &str) -> String {
     format!(
-        "tern.ready.{}.{}.{}",
+        "tern.ready.open.{}.{}.{}",
         tier.as_str(),
         partition(tenant_id),
         tenant_id
     )
+}
+
+/// What the shared `delivery` consumer takes from READY: everything not limited.
+/// Work-queue streams refuse consumers with overlapping filters, hence two prefixes.
+pub const READY_OPEN_FILTER: &str = "tern.ready.open.>";
+
+/// Subject of a due task of a queue with limits (its own consumer takes it).
+pub fn ready_limited_subject(tenant_id: &str, queue: &str) -> String {
+    format!("tern.ready.limited.{tenant_id}.{queue}")
+}
+
+const LIMITED_CONSUMER_PREFIX: &str = "limited-";
+
+/// Name of the durable READY consumer of a limited queue:
+/// `limited-<length of tenant>-<tenant>-<queue>`. Both parts may contain `-` and `_`,
+/// so the tenant's length keeps every pair distinct.
+pub fn limited_consumer_name(tenant_id: &str, queue: &str) -> String {
+    format!(
+        "{LIMITED_CONSUMER_PREFIX}{}-{tenant_id}-{queue}",
+        tenant_id.len()
+    )
+}
+
+/// The tenant and queue of a limited queue's consumer name, if it is one.
+pub fn parse_limited_consumer_name(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix(LIMITED_CONSUMER_PREFIX)?;
+    let (len, rest) = rest.split_once('-')?;
+    let len: usize = len.parse().ok()?;
+    let tenant = rest.get(..len)?;
+    let queue = rest.get(len..)?.strip_prefix('-')?;
+    (is_subject_token(tenant) && is_subject_token(queue)).then_some((tenant, queue))
+}
+
+/// Creates or updates the READY consumer of a limited queue. `max_ack_pending` is
+/// what caps the queue's deliveries in flight across every worker replica: a worker
+/// acks only after its call ended.
+pub async fn ensure_limited_consumer(
+    js: &jetstream::Context,
+    tenant_id: &str,
+    queue: &str,
+    max_ack_pending: i64,
+    ack_wait: Duration,
+) -> Result<(), TopologyError> {
+    js.create_consumer_on_stream(
+        limited_consumer_config(tenant_id, queue, max_ack_pending, ack_wait),
+        READY_STREAM,
+    )
+    .await
+    .map_err(err("create limited queue consumer"))?;
+    Ok(())
+}
+
+/// Creates the READY consumer of a limited queue only if it does not exist, so a
+/// process with a stale view never overwrites a newer limit.
+pub async fn create_missing_limited_consumer(
+    js: &jetstream::Context,
+    tenant_id: &str,
+    queue: &str,
+    max_ack_pending: i64,
+    ack_wait: Duration,
+) -> Result<(), TopologyError> {
+    let name = limited_consumer_name(tenant_id, queue);
+    let stream = js
+        .get_stream_no_info(READY_STREAM)
+        .await
+        .map_err(err("open stream TERN_READY"))?;
+    if stream.consumer_info(&name).await.is_ok() {
+        return Ok(());
+    }
+    match js
+        .create_consumer_strict_on_stream(
+            limited_consumer_config(tenant_id, queue, max_ack_pending, ack_wait),
+            READY_STREAM,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Someone else created it meanwhile: theirs stands.
+        Err(e) if stream.consumer_info(&name).await.is_ok() => {
+            tracing::debug!(error = %e, consumer = %name, "limited consumer created concurrently");
+            Ok(())
+        }
+        Err(e) => Err(err("create limited queue consumer")(e)),
+    }
+}
+
+fn limited_consumer_config(
+    tenant_id: &str,
+    queue: &str,
+    max_ack_pending: i64,
+    ack_wait: Duration,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(limited_consumer_name(tenant_id, queue)),
+        filter_subject: ready_limited_subject(tenant_id, queue),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending,
+        // Unlimited, like `delivery`: the worker decides when retries are exhausted.
+        max_deliver: -1,
+        ..Default::default()
+    }
 }
 
 /// Subject of a dead letter: one per task, so an operator can fetch it directly.
@@ -134,10 +255,14 @@ pub struct Topology {
     pub queues: kv::Store,
     /// Disabled endpoints.
     pub endpoints: kv::Store,
+    /// Token buckets of rate-limited queues.
+    pub rate: kv::Store,
     /// Pending callbacks.
     pub callbacks: kv::Store,
     /// Proxy routes.
     pub routes: kv::Store,
+    /// Recurring schedules.
+    pub schedules: kv::Store,
 }
 
 /// Why the topology could not be created or opened.
@@ -156,6 +281,27 @@ fn err<E: std::error::Error + Send + Sync + 'static>(
     move |source| TopologyError {
         what,
         source: Box::new(source),
+    }
+}
+
+/// Deletes the pre-fairness INTAKE consumer if a store still has it.
+async fn remove_legacy_intake_consumer(js: &jetstream::Context) -> Result<(), TopologyError> {
+    let stream = js
+        .get_stream_no_info(INTAKE_STREAM)
+        .await
+        .map_err(err("open stream TERN_INTAKE"))?;
+    match stream.delete_consumer(LEGACY_INTAKE_CONSUMER).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                stream::ConsumerErrorKind::JetStream(ref js_error)
+                    if js_error.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(err("delete legacy consumer scheduler")(e)),
     }
 }
 
@@ -195,13 +341,15 @@ impl Topology {
         .await
         .map_err(err("create stream TERN_DLQ"))?;
 
-        // Timers and delayed tasks are message schedules: limits retention (a work
-        // queue would delete a schedule when acked); the scheduler deletes what it has
-        // handled. Pending schedules live in NATS, not in any Tern process's memory.
+        // Timers and delayed tasks are message schedules on work-queue streams. Only
+        // the fired subjects have a consumer, so a pending schedule is never delivered
+        // and stays until it fires; acking the fired copy deletes it, so the streams
+        // hold only what is pending. Pending schedules live in NATS, not in any Tern
+        // process's memory.
         let schedules = |name: &str, subjects: &str| stream::Config {
             name: name.to_string(),
             subjects: vec![subjects.to_string()],
-            retention: stream::RetentionPolicy::Limits,
+            retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: replicas,
             allow_message_schedules: true,
@@ -223,14 +371,12 @@ impl Topology {
             max_ack_pending,
             ..Default::default()
         };
+        remove_legacy_intake_consumer(&js).await?;
         js.create_consumer_on_stream(
-            pull(SCHEDULER_CONSUMER, Duration::from_secs(30), 20_000),
-            INTAKE_STREAM,
-        )
-        .await
-        .map_err(err("create consumer scheduler"))?;
-        js.create_consumer_on_stream(
-            pull(WORKER_CONSUMER, config.worker.ack_wait.get(), 50_000),
+            consumer::pull::Config {
+                filter_subject: READY_OPEN_FILTER.to_string(),
+                ..pull(WORKER_CONSUMER, config.worker.ack_wait.get(), 50_000)
+            },
             READY_STREAM,
         )
         .await
@@ -279,10 +425,20 @@ impl Topology {
             .create_or_update_key_value(bucket(QUEUES_BUCKET, Duration::ZERO))
             .await
             .map_err(err("create bucket tern_queues"))?;
+        // No expiry: a bucket unused for long must not come back full before its time.
+        let rate = js
+            .create_or_update_key_value(bucket(RATE_BUCKET, Duration::ZERO))
+            .await
+            .map_err(err("create bucket tern_rate"))?;
         let endpoints = js
             .create_or_update_key_value(bucket(ENDPOINTS_BUCKET, Duration::ZERO))
             .await
             .map_err(err("create bucket tern_endpoints"))?;
+
+        let schedules = js
+            .create_or_update_key_value(bucket(SCHEDULES_BUCKET, Duration::ZERO))
+            .await
+            .map_err(err("create bucket tern_schedules"))?;
 
         let callbacks = js
             .create_or_update_key_value(kv::Config {
@@ -304,9 +460,25 @@ impl Topology {
             idempotency,
             queues,
             endpoints,
+            rate,
             callbacks,
             routes,
+            schedules,
         })
+    }
+
+    /// Creates (or updates) the INTAKE consumer of each tenant.
+    pub async fn ensure_intake_consumers(
+        &self,
+        tenant_ids: &[String],
+    ) -> Result<(), TopologyError> {
+        for tenant_id in tenant_ids {
+            self.js
+                .create_consumer_on_stream(intake_consumer(tenant_id), INTAKE_STREAM)
+                .await
+                .map_err(err(&format!("create intake consumer of {tenant_id}")))?;
+        }
+        Ok(())
     }
 
     /// True when every stream still exists (readiness: someone may have deleted one).
@@ -349,5 +521,45 @@ mod tests {
             intake_subject(Tier::Free, "acme"),
             format!("tern.intake.free.{}.acme", partition("acme"))
         );
+        assert_eq!(
+            ready_subject(Tier::Free, "acme"),
+            format!("tern.ready.open.free.{}.acme", partition("acme"))
+        );
+    }
+
+    #[test]
+    fn limited_subjects_stay_outside_the_open_filter() {
+        let subject = ready_limited_subject("acme", "orders");
+        assert_eq!(subject, "tern.ready.limited.acme.orders");
+        let open = READY_OPEN_FILTER.trim_end_matches('>');
+        assert!(!subject.starts_with(open));
+        assert!(ready_subject(Tier::Business, "open").starts_with(open));
+    }
+
+    #[test]
+    fn limited_consumer_names_are_unambiguous_and_round_trip() {
+        let a = limited_consumer_name("a_b", "c");
+        let b = limited_consumer_name("a", "b_c");
+        assert_ne!(a, b);
+        assert_eq!(a, "limited-3-a_b-c");
+        let c = limited_consumer_name("a-b", "c");
+        let d = limited_consumer_name("a", "b-c");
+        assert_ne!(c, d);
+        for (tenant, queue) in [("a_b", "c"), ("a", "b-c"), ("a-b", "c-d"), ("9", "-")] {
+            let name = limited_consumer_name(tenant, queue);
+            assert_eq!(parse_limited_consumer_name(&name), Some((tenant, queue)));
+        }
+        let longest = limited_consumer_name(&"t".repeat(64), &"q".repeat(64));
+        assert!(longest.len() <= 255, "NATS names are at most 255 bytes");
+        for bad in [
+            "delivery",
+            "limited-",
+            "limited-x-a-b",
+            "limited-5-a-b",
+            "limited-1-ab",
+            "limited-1-a-",
+        ] {
+            assert_eq!(parse_limited_consumer_name(bad), None, "{bad}");
+        }
     }
 }

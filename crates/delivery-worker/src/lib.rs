@@ -1,27 +1,29 @@
 //! The delivery worker: executes HTTP jobs pulled from the READY stream.
 //!
 //! Messages are pulled in batches from one durable consumer shared by every worker
-//! replica, and up to `worker.concurrency` deliveries run at once. On shutdown the
+//! replica, and up to `worker.concurrency` deliveries run at once; each queue with
+//! limits has its own consumer and loop besides (see [`limited`]). On shutdown the
 //! worker stops pulling, lets in-flight calls finish within the grace period, and
 //! hands anything left back to JetStream for immediate redelivery.
 
 pub mod job;
+pub mod limited;
 pub mod process;
+mod pull;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::jetstream::{AckKind, consumer};
-use futures::StreamExt;
+use async_nats::jetstream::consumer;
 use tern_core::config::Config;
+use tern_core::queues::Queues;
 use tern_core::service::{Runtime, StartError, bind};
 use tern_core::task_store::TaskStore;
 use tern_core::tenants::Tenants;
+use tern_core::token_bucket::TokenBuckets;
 use tern_core::topology::{READY_STREAM, WORKER_CONSUMER};
 use tern_core::url_guard::{UrlGuard, http_client};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::Context;
@@ -97,74 +99,31 @@ async fn consume(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let concurrency = config.worker.concurrency;
+    let grace = config.worker.shutdown_grace.get();
     let consumer: consumer::PullConsumer = runtime
         .topology
         .js
         .get_consumer_from_stream(WORKER_CONSUMER, READY_STREAM)
         .await
         .map_err(|e| StartError::Failed(format!("delivery consumer: {e}")))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency.clamp(1, 500))
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| StartError::Failed(format!("delivery consumer: {e}")))?;
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let abort = CancellationToken::new();
+    let limited = Arc::new(limited::Limited {
+        js: runtime.topology.js.clone(),
+        queues: Queues::follow(runtime.topology.queues.clone(), shutdown.child_token()),
+        buckets: TokenBuckets::new(runtime.topology.rate.clone()),
+        ctx: ctx.clone(),
+        concurrency,
+        ack_wait: config.worker.ack_wait.get(),
+        grace,
+    });
+    // Whatever stops the open loop (shutdown or a lost consumer) stops the limited
+    // queues' loops too.
+    let stop = shutdown.child_token();
+    let limited = tokio::spawn(limited.supervise(stop.clone()));
     tracing::info!(concurrency, "delivery worker pulling");
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = messages.next() => next,
-        };
-        let message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "delivery consumer hiccup");
-                continue;
-            }
-            None => return Err(StartError::Failed("delivery consumer stream ended".into())),
-        };
-        let ctx = ctx.clone();
-        let abort = abort.clone();
-        tokio::spawn(async move {
-            process::handle(ctx, message, abort).await;
-            drop(permit);
-        });
-    }
-
-    // Stop pulling: what was already delivered to us but not started goes straight
-    // back. Bounded, because a nak'd message may be redelivered to our still-open pull
-    // request at once; whatever reaches it after we stop listening comes back to
-    // another worker after the ack wait.
-    let drain_until = tokio::time::Instant::now() + Duration::from_millis(250);
-    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(drain_until, messages.next()).await {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
-    }
-    drop(messages);
-    let all = concurrency as u32;
-    let grace = config.worker.shutdown_grace.get();
-    if tokio::time::timeout(grace, permits.acquire_many(all))
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "grace period over; handing in-flight deliveries back"
-        );
-        abort.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(all)).await;
-    }
-    Ok(())
+    let open = pull::deliver(&consumer, ctx, concurrency, None, stop.clone(), grace).await;
+    stop.cancel();
+    let _ = limited.await;
+    open.map_err(|e| StartError::Failed(format!("delivery consumer: {e}")))
 }
 
 /// Binds and runs a worker until `shutdown` fires.

@@ -378,16 +378,18 @@ async fn settle(
     }
 }
 
-async fn with_progress<T, F: std::future::Future<Output = T>>(
+/// Runs `work` while telling JetStream every `every` that the message is still
+/// being worked on, so a long call (or a long wait for a rate token) is not redelivered.
+pub(crate) async fn with_progress<T, F: std::future::Future<Output = T>>(
     message: &jetstream::Message,
     every: Duration,
-    call: F,
+    work: F,
 ) -> T {
-    tokio::pin!(call);
+    tokio::pin!(work);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
-            outcome = &mut call => return outcome,
+            outcome = &mut work => return outcome,
             _ = ticker.tick() => {
                 let _ = message.ack_with(AckKind::Progress).await;
             }

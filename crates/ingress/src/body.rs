@@ -62,23 +62,43 @@ async fn read<T: DeserializeOwned>(req: Request, limit: usize) -> Result<JsonBod
         return Err(ApiError::UnsupportedMediaType);
     }
     let raw = raw(req.into_body(), limit).await?;
-    // The path tells the client which field is wrong ("retry.max_retries: …").
-    let mut deserializer = serde_json::Deserializer::from_slice(&raw);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data if path == "." => {
-                ApiError::Validation(inner.to_string())
-            }
-            serde_json::error::Category::Data => ApiError::Validation(format!("{path}: {inner}")),
-            _ => ApiError::InvalidJson(format!("request body is not valid JSON: {inner}")),
-        }
-    })?;
+    let value = parse(&raw, "")?;
+    Ok(JsonBody { value, raw })
+}
+
+/// Parses `raw` as `T`; errors name the field's path under `prefix` (`"task."` for a
+/// body nested in another), as `retry.max_retries: …`.
+pub fn parse<T: DeserializeOwned>(raw: &[u8], prefix: &str) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(raw);
+    let value =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| shape_error(e, prefix))?;
     deserializer
         .end()
         .map_err(|e| ApiError::InvalidJson(format!("request body is not valid JSON: {e}")))?;
-    Ok(JsonBody { value, raw })
+    Ok(value)
+}
+
+/// Reads `T` from part of a body already parsed as JSON, with the same errors.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| shape_error(e, ""))
+}
+
+/// The path tells the client which field is wrong ("retry.max_retries: …").
+fn shape_error(e: serde_path_to_error::Error<serde_json::Error>, prefix: &str) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    match inner.classify() {
+        serde_json::error::Category::Data if path == "." && prefix.is_empty() => {
+            ApiError::Validation(inner.to_string())
+        }
+        serde_json::error::Category::Data if path == "." => {
+            ApiError::Validation(format!("{}: {inner}", prefix.trim_end_matches('.')))
+        }
+        serde_json::error::Category::Data => {
+            ApiError::Validation(format!("{prefix}{path}: {inner}"))
+        }
+        _ => ApiError::InvalidJson(format!("request body is not valid JSON: {inner}")),
+    }
 }
 
 /// Reads a body of any type up to `limit` bytes (413 above it).

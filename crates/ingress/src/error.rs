@@ -144,3 +144,20 @@ impl From<tern_core::task_store::StoreError> for ApiError {
         ApiError::Unavailable(format!("task store: {e}"))
     }
 }
+
+impl From<tern_core::task_request::InvalidTask> for ApiError {
+    fn from(e: tern_core::task_request::InvalidTask) -> Self {
+        ApiError::Validation(e.0)
+    }
+}
+
+impl From<tern_core::accept::AcceptError> for ApiError {
+    fn from(e: tern_core::accept::AcceptError) -> Self {
+        match e {
+            tern_core::accept::AcceptError::Exists(_) => {
+                ApiError::Unavailable("task id collision; retry".into())
+            }
+            tern_core::accept::AcceptError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}

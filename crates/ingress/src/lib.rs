@@ -13,8 +13,8 @@ mod limits;
 mod proxy;
 mod queues;
 mod routes;
+mod schedules;
 mod state;
-mod submit;
 mod tasks;
 
 use std::future::IntoFuture;
@@ -27,7 +27,6 @@ use axum::routing::post;
 use tern_core::config::Config;
 use tern_core::service::{Runtime, StartError, bind};
 use tern_core::tenants::Tenants;
-use tern_core::url_guard::UrlGuard;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +48,14 @@ fn router(state: AppState) -> Router {
             axum::routing::get(routes::get)
                 .put(routes::put)
                 .delete(routes::delete),
+        )
+        .route(
+            "/v1/schedules",
+            axum::routing::get(schedules::list).post(schedules::create),
+        )
+        .route(
+            "/v1/schedules/{id}",
+            axum::routing::get(schedules::get).delete(schedules::delete),
         )
         .route("/v1/queues", axum::routing::get(queues::list))
         .route(
@@ -115,14 +122,16 @@ impl Ingress {
     /// Serves until `shutdown` fires, then drains in-flight requests.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let tenants = Tenants::from_config(&self.config.tenants).map_err(StartError::Config)?;
-        let guard = UrlGuard::new(self.config.outbound.allowed_networks.clone());
+        let rules = tern_core::task_request::TaskRules::from_config(&self.config);
         let client = tern_core::url_guard::http_client(
-            guard.clone(),
+            rules.guard.clone(),
             &format!("Tern/{}", tern_core::VERSION),
             self.config.worker.connect_timeout.get(),
         )
         .map_err(|e| StartError::Config(format!("HTTP client: {e}")))?;
         let runtime = Runtime::start(&self.config, "tern-ingress", &shutdown).await?;
+        let queues =
+            tern_core::queues::Queues::follow(runtime.topology.queues.clone(), shutdown.clone());
         let state = Arc::new(state::Shared {
             tenants: Arc::new(tenants),
             tasks: tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
@@ -132,10 +141,9 @@ impl Ingress {
             js: runtime.topology.js.clone(),
             executor: tern_core::executor::Executor::new(
                 client,
-                guard.clone(),
+                rules.guard.clone(),
                 self.config.proxy.max_response_bytes,
             ),
-            guard,
             sealer: self
                 .config
                 .proxy
@@ -143,22 +151,19 @@ impl Ingress {
                 .as_ref()
                 .map(|key| tern_core::sealing::Sealer::from_secret(key.expose())),
             routes: runtime.topology.routes.clone(),
-            schedules: tern_core::delayed::Delayed::new(runtime.topology.js.clone()),
+            rules,
+            acceptor: tern_core::accept::Acceptor::new(&runtime.topology, &self.config),
+            delayed: tern_core::delayed::Delayed::new(runtime.topology.js.clone()),
+            schedules: tern_core::schedules::Schedules::new(runtime.topology.schedules.clone()),
             limits: limits::RateLimits::new(self.config.ingress.rate_limits.clone()),
-            callbacks: tern_core::callbacks::Callbacks::new(
-                runtime.topology.callbacks.clone(),
-                runtime.topology.js.clone(),
-            ),
-            queues: tern_core::queues::Queues::follow(
-                runtime.topology.queues.clone(),
-                shutdown.clone(),
-            ),
+            queues: queues.clone(),
             config: self.config.clone(),
         });
         let admin_state = Arc::new(admin::AdminShared {
             dlq: tern_core::dlq::DeadLetters::new(
                 runtime.topology.js.clone(),
                 tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
+                queues,
             ),
             endpoints: tern_core::endpoints::Endpoints::follow(
                 runtime.topology.endpoints.clone(),

@@ -41,17 +41,9 @@ impl RateLimits {
         }
     }
 
-    fn rate(&self, tier: Tier) -> u32 {
-        match tier {
-            Tier::Business => self.rates.business,
-            Tier::Developer => self.rates.developer,
-            Tier::Free => self.rates.free,
-        }
-    }
-
     /// Takes one token for `key` (a tier-`tier` key); `Err` when none is left.
     pub fn take(&self, key: [u8; 32], tier: Tier, now: Instant) -> Result<(), Limited> {
-        let limit = self.rate(tier);
+        let limit = self.rates.get(tier);
         if limit == 0 {
             return Ok(()); // 0 = unlimited
         }

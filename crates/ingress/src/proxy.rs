@@ -123,6 +123,7 @@ fn parse_control(
     let max_url = state.config.ingress.max_url_len;
     let url = |name: &'static str, raw: &str| -> Result<String, ApiError> {
         state
+            .rules
             .guard
             .validate_url(raw, max_url)
             .map(|_| raw.to_string())
@@ -330,19 +331,26 @@ async fn accept(
         callback_deadline_ms: 0,
         notify_url: String::new(),
         not_before_ms: 0,
+        schedule_id: String::new(),
+        schedule_slot_ms: 0,
         work: Some(Work::Proxy(work)),
     };
     let (job_id, replayed) = match &control.idempotency_key {
         None => {
-            crate::submit::enqueue(state, tenant, task).await?;
+            state.acceptor.enqueue(tenant, task).await?;
             (id, false)
         }
         Some(key) => {
             let storage_key = idempotency::storage_key(&tenant.id, &format!("proxy:{key}"));
             let window = state.config.proxy.idempotency_window.get();
-            match idempotent::submit(state, &storage_key, &fingerprint, &id, Some(window), || {
-                crate::submit::enqueue(state, tenant, task)
-            })
+            match idempotent::submit(
+                state,
+                &storage_key,
+                &fingerprint,
+                &id,
+                Some(window),
+                || async { Ok(state.acceptor.enqueue(tenant, task).await?) },
+            )
             .await?
             {
                 Outcome::Accepted(()) => (id, false),

@@ -1,11 +1,13 @@
-//! `/v1/queues`: per-queue retry policies.
+//! `/v1/queues`: per-queue policies (retries and dispatch limits).
 
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
+use serde_json::{Map, Value};
 use tern_core::policy::{self, PolicyView, RetryOverrides};
+use tern_core::queue_limits::{self, LimitOverrides, LimitsView};
 use tern_core::task_view::rfc3339;
-use tern_core::topology::is_subject_token;
+use tern_core::topology::{ensure_limited_consumer, is_subject_token, limited_consumer_name};
 use tern_proto::v1::QueuePolicy;
 
 use crate::auth::Authenticated;
@@ -23,6 +25,9 @@ pub struct QueueView {
     /// The effective retry policy.
     #[serde(flatten)]
     pub policy: PolicyView,
+    /// Dispatch limits (`null` = unlimited).
+    #[serde(flatten)]
+    pub limits: LimitsView,
     /// When the policy was last set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<String>,
@@ -42,6 +47,7 @@ fn view(state: &AppState, name: &str, stored: Option<&QueuePolicy>) -> QueueView
         name: name.to_string(),
         configured: stored.is_some(),
         policy: PolicyView::from(retry),
+        limits: LimitsView::from(stored.and_then(|p| p.limits.as_ref())),
         updated_at: stored.map(|p| rfc3339(p.updated_at_ms)),
     }
 }
@@ -56,23 +62,75 @@ pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `PUT /v1/queues/{name}`: replaces the queue's policy; absent fields take defaults.
+/// `PUT /v1/queues/{name}`: replaces the queue's policy; absent fields take defaults
+/// (no limits).
+///
+/// A limited queue's READY consumer is created or updated before the policy is
+/// stored, so the scheduler never routes tasks to a subject nobody consumes. Removing
+/// the limits keeps the consumer (tasks already routed to it still drain) but lifts
+/// its cap.
 pub async fn put(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
     Path(name): Path<String>,
-    body: JsonBody<RetryOverrides>,
+    body: JsonBody<Map<String, Value>>,
 ) -> Result<Json<QueueView>, ApiError> {
     check_name(&name)?;
-    let overrides = body.value;
+    let (overrides, limit_overrides) = split_policy(body.value)?;
     overrides
         .validate("")
+        .map_err(|e| ApiError::Validation(e.to_string()))?;
+    limit_overrides
+        .validate()
         .map_err(|e| ApiError::Validation(e.to_string()))?;
     let mut retry = policy::defaults(&state.config.retry);
     overrides.apply(&mut retry);
     policy::validate_merged(&retry, "").map_err(|e| ApiError::Validation(e.to_string()))?;
-    let stored = state.queues.put(&tenant.id, &name, retry).await?;
+    let limits = limit_overrides.to_limits();
+    if limits.is_some() || consumer_exists(&state, &tenant.id, &name).await {
+        ensure_limited_consumer(
+            &state.js,
+            &tenant.id,
+            &name,
+            queue_limits::max_ack_pending(limits.as_ref()),
+            state.config.worker.ack_wait.get(),
+        )
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    }
+    let stored = state.queues.put(&tenant.id, &name, retry, limits).await?;
     Ok(Json(view(&state, &name, Some(&stored))))
+}
+
+/// Whether a limited queue's consumer exists (its limits may have been lifted before).
+async fn consumer_exists(state: &AppState, tenant_id: &str, queue: &str) -> bool {
+    match state
+        .js
+        .get_stream_no_info(tern_core::topology::READY_STREAM)
+        .await
+    {
+        Ok(stream) => stream
+            .consumer_info(limited_consumer_name(tenant_id, queue))
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A policy body is the retry settings plus the limit fields; each part refuses
+/// fields it does not know.
+fn split_policy(
+    mut body: Map<String, Value>,
+) -> Result<(RetryOverrides, LimitOverrides), ApiError> {
+    let mut limits = Map::new();
+    for field in LimitOverrides::FIELDS {
+        if let Some(value) = body.remove(field) {
+            limits.insert(field.to_string(), value);
+        }
+    }
+    let retry = crate::body::from_value(Value::Object(body))?;
+    let limits = crate::body::from_value(Value::Object(limits))?;
+    Ok((retry, limits))
 }
 
 /// `GET /v1/queues/{name}`: the effective policy (defaults when never set).

@@ -171,6 +171,7 @@ pub async fn put(
     for (i, target) in request.targets.iter().enumerate() {
         let prefix = format!("targets[{i}].");
         state
+            .rules
             .guard
             .validate_url(&target.url, state.config.ingress.max_url_len)
             .map_err(|e| ApiError::Validation(format!("{prefix}url: {e}")))?;

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
+use tern_core::accept::Acceptor;
 use tern_core::config::Config;
 use tern_core::idempotency::IdempotencyStore;
 use tern_core::queues::Queues;
+use tern_core::schedules::Schedules;
+use tern_core::task_request::TaskRules;
 use tern_core::task_store::TaskStore;
 use tern_core::tenants::Tenants;
-use tern_core::url_guard::UrlGuard;
 
 /// Handler state; axum clones it per request, so it lives behind one `Arc`.
 pub type AppState = Arc<Shared>;
@@ -22,16 +24,18 @@ pub struct Shared {
     pub tasks: TaskStore,
     /// Idempotency keys.
     pub idempotency: IdempotencyStore,
-    /// JetStream, for publishing accepted tasks.
+    /// JetStream, for completion notifications.
     pub js: async_nats::jetstream::Context,
-    /// Checks webhook URLs before they are accepted.
-    pub guard: UrlGuard,
+    /// What a task body must satisfy.
+    pub rules: TaskRules,
+    /// Stores and publishes accepted tasks.
+    pub acceptor: Acceptor,
     /// Queue policies.
     pub queues: Queues,
-    /// Pending callbacks and their timers.
-    pub callbacks: tern_core::callbacks::Callbacks,
     /// Delayed tasks.
-    pub schedules: tern_core::delayed::Delayed,
+    pub delayed: tern_core::delayed::Delayed,
+    /// Recurring schedules.
+    pub schedules: Schedules,
     /// Per-key request rates.
     pub limits: crate::limits::RateLimits,
     /// Seals proxied calls' headers and route credentials (`proxy.secret_key`).

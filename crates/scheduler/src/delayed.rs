@@ -118,12 +118,6 @@ async fn release(js: &jetstream::Context, tasks: &TaskStore, message: jetstream:
         }
         metrics::counter!("tern_delayed_released_total").increment(1);
     }
-    // Handled (released or cancelled): the due copy has no further use.
-    if let Ok(info) = message.info() {
-        let sequence = info.stream_sequence;
-        if let Ok(stream) = js.get_stream_no_info(DELAYED_STREAM).await {
-            let _ = stream.delete_message(sequence).await;
-        }
-    }
+    // Handled (released or cancelled): acking deletes the due copy (work queue).
     let _ = message.ack().await;
 }

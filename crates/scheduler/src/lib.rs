@@ -1,12 +1,16 @@
 //! The scheduler: decides when and in what order accepted work runs.
 //!
-//! It forwards accepted tasks from INTAKE to READY, releases delayed tasks when they
-//! fall due, and fails await-callback tasks whose deadline passed. Fairness between
-//! tiers and tenants and queue limits build on the forwarding loop.
+//! It forwards accepted tasks from INTAKE to READY in fair order (tiers by weight,
+//! tenants in turn), releases delayed tasks when they fall due, fires recurring
+//! schedules, and fails await-callback tasks whose deadline passed.
 
+pub mod cron;
 pub mod delayed;
+pub mod fair_queue;
 pub mod forward;
+pub mod intake;
 mod pull;
+pub mod ready_credit;
 pub mod timeouts;
 
 use std::net::SocketAddr;
@@ -40,6 +44,8 @@ impl Scheduler {
 
     /// Runs until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let tenants = tern_core::tenants::Tenants::from_config(&self.config.tenants)
+            .map_err(StartError::Config)?;
         let runtime = Runtime::start(&self.config, "tern-scheduler", &shutdown).await?;
         let ops = tokio::spawn(tern_core::ops::serve(
             self.ops,
@@ -61,9 +67,35 @@ impl Scheduler {
             tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
             shutdown.clone(),
         );
+        let tenant_tiers: Vec<(String, tern_core::tier::Tier)> = self
+            .config
+            .tenants
+            .iter()
+            .map(|tenant| (tenant.id.clone(), tenant.tier))
+            .collect();
+        let tenant_ids: Vec<String> = tenant_tiers.iter().map(|(id, _)| id.clone()).collect();
+        runtime
+            .topology
+            .ensure_intake_consumers(&tenant_ids)
+            .await
+            .map_err(|e| StartError::Failed(e.to_string()))?;
+        let queues =
+            tern_core::queues::Queues::follow(runtime.topology.queues.clone(), shutdown.clone());
+        let firing = cron::run(
+            cron::Firing {
+                schedules: runtime.topology.schedules.clone(),
+                acceptor: tern_core::accept::Acceptor::new(&runtime.topology, &self.config),
+                rules: tern_core::task_request::TaskRules::from_config(&self.config),
+                queues: queues.clone(),
+                tenants: Arc::new(tenants),
+            },
+            shutdown.clone(),
+        );
         let forwarding = forward::run(
             runtime.topology.js.clone(),
-            self.config.scheduler.max_in_flight,
+            tenant_tiers,
+            queues,
+            self.config.scheduler.clone(),
             shutdown.clone(),
         );
         // Either loop failing stops the other and the service (the orchestrator
@@ -74,10 +106,11 @@ impl Scheduler {
             }
             r
         };
-        let (forwarded, timed, released) = tokio::join!(
+        let (forwarded, timed, released, ()) = tokio::join!(
             async { stop_on_error(forwarding.await) },
             async { stop_on_error(timers.await) },
-            async { stop_on_error(releasing.await) }
+            async { stop_on_error(releasing.await) },
+            firing
         );
         let result = forwarded.and(timed).and(released);
         shutdown.cancel();

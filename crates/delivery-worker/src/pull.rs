@@ -1,0 +1,101 @@
+//! The pull loop shared by the `delivery` consumer and each limited queue's consumer:
+//! pull in batches, run up to `concurrency` deliveries at once, and on stop hand back
+//! what has not started, let in-flight calls finish within the grace period, then
+//! hand back the rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::limited::RateGate;
+use crate::process::{self, Context};
+
+/// Delivers from `consumer` until `stop` fires; `gate` makes every delivery take a
+/// rate token first. An error means the consumer went away.
+pub async fn deliver(
+    consumer: &PullConsumer,
+    ctx: Arc<Context>,
+    concurrency: usize,
+    gate: Option<Arc<RateGate>>,
+    stop: CancellationToken,
+    grace: Duration,
+) -> Result<(), String> {
+    let mut messages = consumer
+        .stream()
+        // Never a batch of 1: async-nats then sometimes loses track of its pull request
+        // and waits out the 35 s safety re-pull (seen with `worker.concurrency = 1`).
+        .max_messages_per_batch(concurrency.clamp(2, 500))
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let abort = CancellationToken::new();
+    let mut result = Ok(());
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = messages.next() => next,
+        };
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer hiccup");
+                continue;
+            }
+            None => {
+                result = Err("consumer stream ended".to_string());
+                break;
+            }
+        };
+        let ctx = ctx.clone();
+        let abort = abort.clone();
+        let gate = gate.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let admitted = match &gate {
+                Some(gate) => gate.admit(&message, ctx.progress_every, &stop).await,
+                None => true,
+            };
+            if admitted {
+                process::handle(ctx, message, abort).await;
+            }
+            drop(permit);
+        });
+    }
+
+    // Stop pulling: what was already delivered to us but not started goes straight
+    // back. Bounded, because a nak'd message may be redelivered to our still-open pull
+    // request at once; whatever reaches it after we stop listening comes back to
+    // another worker after the ack wait.
+    let drain_until = tokio::time::Instant::now() + Duration::from_millis(250);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(drain_until, messages.next()).await {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
+    drop(messages);
+    let all = concurrency as u32;
+    if tokio::time::timeout(grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "grace period over; handing in-flight deliveries back"
+        );
+        abort.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(all)).await;
+    }
+    result
+}
