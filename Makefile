@@ -38,8 +38,8 @@ test: ## Run every test (unit, integration against real nats-server, doc tests)
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-bench: ## Start the system in the background, run tern-bench with BENCH_ARGS, stop it
-	@scripts/bench.sh $(BENCH_ARGS)
+bench: ## Run every benchmark (scripts/bench-suite.sh), or tern-bench with BENCH_ARGS
+	@if [ -n "$(BENCH_ARGS)" ]; then scripts/bench.sh $(BENCH_ARGS); else scripts/bench-suite.sh; fi
 
 deploy-check: ## Render, validate and lint the Kubernetes manifests and Dockerfile (offline)
 	@deploy/check.sh

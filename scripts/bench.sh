@@ -8,6 +8,9 @@
 # --url and --api-key are filled in unless given. tern-bench runs its own receiver
 # (--receiver-port), so no `ternctl listen` is started. The services log at
 # RUST_LOG=warn unless RUST_LOG is set, so logging does not skew the numbers.
+# TERN_BENCH_MEMORY=1 prints every process's resident memory before and after;
+# TERN_BENCH_THEN='<tern-bench arguments>' runs a second tern-bench against the same
+# system afterwards (e.g. immediate tasks while a million delays are pending).
 # The exit status is tern-bench's.
 set -euo pipefail
 
@@ -38,9 +41,18 @@ done
 if ((!have_url)); then args+=(--url "$(tern_ingress_url)"); fi
 if ((!have_key)); then args+=(--api-key "$TERN_DEV_API_KEY"); fi
 
+memory() { if [[ "${TERN_BENCH_MEMORY:-0}" == 1 ]]; then tern_report_rss "$1"; fi; }
+memory "idle, before the run"
 tern_say "tern-bench ${args[*]} $*"
 rc=0
 "$TERN_BIN_DIR/tern-bench" "${args[@]}" "$@" || rc=$?
+memory "after the run"
+if [[ -n "${TERN_BENCH_THEN:-}" ]] && ((rc == 0)); then
+    read -r -a then_args <<<"$TERN_BENCH_THEN"
+    tern_say "then: tern-bench ${args[*]} ${then_args[*]}"
+    "$TERN_BIN_DIR/tern-bench" "${args[@]}" "${then_args[@]}" || rc=$?
+    memory "after the second run"
+fi
 if ! tern_check_children; then
     tern_warn "a Tern process died during the benchmark; logs in .tern/bench-logs/"
     ((rc != 0)) || rc=1

@@ -364,6 +364,19 @@ tern_stop_all() {
     _tern_logs=()
 }
 
+# tern_report_rss LABEL: resident memory of every process this script started.
+tern_report_rss() {
+    local i kib total=0
+    printf 'memory (%s):' "$1"
+    for i in "${!_tern_pids[@]}"; do
+        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/${_tern_pids[i]}/status" 2>/dev/null || echo 0)
+        kib=${kib:-0}
+        total=$((total + kib))
+        printf ' %s %d MiB,' "${_tern_names[i]}" $((kib / 1024))
+    done
+    printf ' total %d MiB\n' $((total / 1024))
+}
+
 # tern_install_traps: stop every child on exit, whatever the reason.
 tern_install_traps() {
     trap 'tern_stop_all' EXIT
