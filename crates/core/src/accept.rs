@@ -49,6 +49,8 @@ pub struct NewTask {
     pub schedule_id: String,
     /// The schedule's slot (cron time) the task was created for.
     pub schedule_slot_ms: i64,
+    /// W3C `traceparent` of the accepting span (see [`crate::trace_context`]).
+    pub traceparent: String,
 }
 
 /// What the client is told about an accepted task besides its id.
@@ -74,6 +76,9 @@ pub enum AcceptError {
 pub async fn publish_to_intake(js: &jetstream::Context, task: &Task) -> Result<(), String> {
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, task.id.as_str());
+    if !task.traceparent.is_empty() {
+        headers.insert(crate::trace_context::HEADER, task.traceparent.as_str());
+    }
     let publish = PublishMessage::build()
         .payload(task.encode_to_vec().into())
         .headers(headers);
@@ -224,6 +229,7 @@ impl Acceptor {
             not_before_ms: new.not_before_ms,
             schedule_id: new.schedule_id,
             schedule_slot_ms: new.schedule_slot_ms,
+            traceparent: new.traceparent,
             work: Some(Work::Webhook(WebhookWork {
                 url: new.webhook_url,
                 payload_json: new.payload_json.into_bytes().into(),

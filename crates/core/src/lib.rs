@@ -39,6 +39,7 @@ pub mod tenants;
 pub mod tier;
 pub mod token_bucket;
 pub mod topology;
+pub mod trace_context;
 pub mod url_guard;
 
 /// Version string sent as `User-Agent: Tern/<version>` and printed at start.

@@ -67,6 +67,8 @@ async fn publish(
         not_before_ms: 0,
         schedule_id: String::new(),
         schedule_slot_ms: 0,
+        // The record does not keep the task's trace context: the event starts its own.
+        traceparent: crate::trace_context::for_accepted_task(None),
         work: Some(Work::Notify(NotifyWork {
             url: record.notify_url.clone(),
             event_json: event_json(&event_id, record).into(),

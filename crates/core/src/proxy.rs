@@ -314,6 +314,7 @@ pub fn callback_task(task: &Task, work: &ProxyWork, round: &Round, failure: Opti
         not_before_ms: 0,
         schedule_id: String::new(),
         schedule_slot_ms: 0,
+        traceparent: task.traceparent.clone(),
         work: Some(Work::ProxyCallback(callback)),
     }
 }

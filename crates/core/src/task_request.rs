@@ -157,6 +157,8 @@ impl TaskRequest {
             created_at_ms: now_ms,
             schedule_id: String::new(),
             schedule_slot_ms: 0,
+            // The caller knows the request's headers; a new trace until it says.
+            traceparent: crate::trace_context::for_accepted_task(None),
         })
     }
 

@@ -125,8 +125,23 @@ fn delivery(
     }]
 }
 
-/// The job for attempt round number `attempt` of `task`.
+/// The job for attempt round number `attempt` of `task`; every request in it carries a
+/// `traceparent` in the task's trace.
 pub fn build(task: &Task, attempt: u32, ctx: &JobContext<'_>) -> Result<HttpJob, JobError> {
+    let mut job = build_untraced(task, attempt, ctx)?;
+    for target in &mut job.targets {
+        if let Some(traceparent) = tern_core::trace_context::for_outbound_call(&task.traceparent) {
+            insert_header(
+                &mut target.request.headers,
+                tern_core::trace_context::HEADER,
+                &traceparent,
+            );
+        }
+    }
+    Ok(job)
+}
+
+fn build_untraced(task: &Task, attempt: u32, ctx: &JobContext<'_>) -> Result<HttpJob, JobError> {
     let timeout = Duration::from_millis(
         task.retry
             .as_ref()

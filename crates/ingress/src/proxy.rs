@@ -25,6 +25,7 @@ use tern_core::proxy::{self as proxy_work, failed_status, forwarded_headers, ups
 use tern_core::retry::{self, Receiver, Step};
 use tern_core::round;
 use tern_core::tenants::Tenant;
+use tern_core::trace_context;
 use tern_proto::v1::{ProxyTarget, ProxyWork, RetryPolicy, Task, task::Work};
 
 use crate::auth::Authenticated;
@@ -64,6 +65,8 @@ struct Control {
     timeout: Option<Duration>,
     identity: Option<HeaderValue>,
     idempotency_key: Option<String>,
+    /// The job's `traceparent`: in the client's trace when it sent one.
+    traceparent: String,
 }
 
 fn invalid(header: &'static str, message: impl Into<String>) -> ApiError {
@@ -224,6 +227,11 @@ fn parse_control(
         timeout,
         identity,
         idempotency_key,
+        traceparent: trace_context::for_accepted_task(
+            headers
+                .get(trace_context::HEADER)
+                .and_then(|v| v.to_str().ok()),
+        ),
     })
 }
 
@@ -333,6 +341,7 @@ async fn accept(
         not_before_ms: 0,
         schedule_id: String::new(),
         schedule_slot_ms: 0,
+        traceparent: control.traceparent.clone(),
         work: Some(Work::Proxy(work)),
     };
     let (job_id, replayed) = match &control.idempotency_key {

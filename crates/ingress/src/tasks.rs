@@ -52,13 +52,18 @@ pub async fn create(
     };
     let request = body.value;
     let queue = state.queues.policy(&tenant.id, &request.queue);
-    let new = request.validate(
+    let mut new = request.validate(
         &state.rules,
         queue,
         uuid::Uuid::now_v7().to_string(),
         tern_core::now_ms(),
         "",
     )?;
+    new.traceparent = tern_core::trace_context::for_accepted_task(
+        headers
+            .get(tern_core::trace_context::HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
     let Some(key) = idempotency_key else {
         let id = new.id.clone();
         let outcome = state.acceptor.accept(&tenant, new).await?;

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use tern_core::task_store::{Change, TaskStore, Updated};
-use tern_core::tier::Tier;
-use tern_core::topology::{DELAYED_CONSUMER, DELAYED_STREAM, intake_subject};
+use tern_core::topology::{DELAYED_CONSUMER, DELAYED_STREAM};
 use tern_proto::Message;
 use tern_proto::v1::{Task, TaskStatus};
 use tokio_util::sync::CancellationToken;
@@ -96,19 +95,7 @@ async fn release(js: &jetstream::Context, tasks: &TaskStore, message: jetstream:
     if release {
         // The record has moved on from the task's initial one: the worker reads it.
         task.record_revision = 0;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, task.id.as_str());
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(task.encode_to_vec().into())
-            .headers(headers);
-        let tier = Tier::from_proto(task.tier());
-        let published = match js
-            .send_publish(intake_subject(tier, &task.tenant_id), publish)
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let published = tern_core::accept::publish_to_intake(js, &task).await;
         if let Err(e) = published {
             tracing::warn!(task_id = %task.id, error = %e, "could not queue a due task; retrying");
             let _ = message
