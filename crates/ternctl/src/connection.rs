@@ -6,39 +6,44 @@ use clap::Args;
 use crate::client::Client;
 use crate::env_file::EnvFile;
 
+/// Help heading of the flags every API command takes.
+const CONNECTION: &str = "Connection and output";
+
 /// Connection flags shared by every API command (clap reads the environment too).
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConnectionArgs {
-    /// Base URL of the public API [default: TERN_URL from .tern/dev.env].
-    #[arg(long, global = true, env = "TERN_URL", value_name = "URL")]
+    /// Base URL of the public API (else from .tern/dev.env).
+    #[arg(long, global = true, env = "TERN_URL", value_name = "URL", help_heading = CONNECTION)]
     url: Option<String>,
 
-    /// API key [default: TERN_API_KEY from .tern/dev.env].
+    /// API key (else from .tern/dev.env).
     #[arg(
         long,
         global = true,
         env = "TERN_API_KEY",
         hide_env_values = true,
-        value_name = "KEY"
+        value_name = "KEY",
+        help_heading = CONNECTION
     )]
     api_key: Option<String>,
 
-    /// Base URL of the admin API [default: TERN_ADMIN_URL from .tern/dev.env].
-    #[arg(long, global = true, env = "TERN_ADMIN_URL", value_name = "URL")]
+    /// Base URL of the admin API (else from .tern/dev.env).
+    #[arg(long, global = true, env = "TERN_ADMIN_URL", value_name = "URL", help_heading = CONNECTION)]
     admin_url: Option<String>,
 
-    /// Admin token [default: TERN_ADMIN_TOKEN from .tern/dev.env].
+    /// Admin token (else from .tern/dev.env).
     #[arg(
         long,
         global = true,
         env = "TERN_ADMIN_TOKEN",
         hide_env_values = true,
-        value_name = "TOKEN"
+        value_name = "TOKEN",
+        help_heading = CONNECTION
     )]
     admin_token: Option<String>,
 
     /// Print the API's JSON answer instead of a table.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = CONNECTION)]
     pub json: bool,
 }
 

@@ -32,6 +32,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "ternctl",
+    bin_name = "ternctl",
     version,
     about = "Developer tools for Tern",
     long_about = "Developer tools for Tern.\n\n\

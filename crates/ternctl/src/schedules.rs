@@ -23,7 +23,7 @@ pub struct SchedulesArgs {
 #[derive(Subcommand)]
 enum SchedulesCommand {
     /// Create a schedule that submits a task at every cron slot (POST /v1/schedules).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Show a schedule (GET /v1/schedules/{id}).
     Get {
         /// Schedule id.

@@ -25,7 +25,7 @@ pub struct TasksArgs {
 #[derive(Subcommand)]
 enum TasksCommand {
     /// Submit a webhook task (POST /v1/tasks).
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show a task: status, attempts, result (GET /v1/tasks/{id}).
     Get {
         /// Task id.
