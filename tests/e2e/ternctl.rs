@@ -3,10 +3,8 @@
 //! checked.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use axum::http::StatusCode;
 use serde_json::Value;
 use tern_tests::system::{ACME, ADMIN_TOKEN};
 use tern_tests::{NatsServer, Receiver, TernSystem, free_port};
@@ -135,24 +133,19 @@ async fn tasks_are_submitted_shown_listed_and_cancelled() {
     assert_eq!(json["status"], "cancelled");
 
     // A task delivered at once, with the human-readable answer.
-    let submitted = ternctl(
-        dir.path(),
-        &env,
-        &[
-            "tasks",
-            "submit",
-            "--webhook-url",
-            &url,
-            "--queue",
-            "orders",
-            "--payload",
-            r#"{"order":1001}"#,
-            "--idempotency-key",
-            "order-1001",
-        ],
-    )
-    .await
-    .ok();
+    let submit = [
+        "tasks",
+        "submit",
+        "--webhook-url",
+        &url,
+        "--queue",
+        "orders",
+        "--payload",
+        r#"{"order":1001}"#,
+        "--idempotency-key",
+        "order-1001",
+    ];
+    let submitted = ternctl(dir.path(), &env, &submit).await.ok();
     let delivered = field(&submitted, "task").to_string();
     assert_eq!(field(&submitted, "status"), "queued");
     assert!(field(&submitted, "status url").ends_with(&delivered));
@@ -161,24 +154,7 @@ async fn tasks_are_submitted_shown_listed_and_cancelled() {
         .wait_for_status(ACME.api_key, &delivered, "succeeded")
         .await;
     assert_eq!(receiver.requests()[0].json()["payload"]["order"], 1001);
-    let replay = ternctl(
-        dir.path(),
-        &env,
-        &[
-            "tasks",
-            "submit",
-            "--webhook-url",
-            &url,
-            "--queue",
-            "orders",
-            "--payload",
-            r#"{"order":1001}"#,
-            "--idempotency-key",
-            "order-1001",
-        ],
-    )
-    .await
-    .ok();
+    let replay = ternctl(dir.path(), &env, &submit).await.ok();
     assert_eq!(field(&replay, "task"), delivered);
     assert!(field(&replay, "replayed").starts_with("yes"), "{replay}");
     let shown = ternctl(dir.path(), &env, &["tasks", "get", &delivered])
@@ -370,16 +346,8 @@ async fn queues_and_schedules_are_set_shown_and_deleted() {
 async fn dead_letters_are_listed_shown_redriven_and_purged() {
     let nats = NatsServer::start().await;
     let system = TernSystem::start(&nats).await;
-    let healed = Arc::new(AtomicBool::new(false));
-    let flag = healed.clone();
-    let receiver = Receiver::start_with(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            StatusCode::OK
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-    })
-    .await;
+    // Fails until healed, then accepts.
+    let (receiver, healed) = Receiver::start_failing_until_healed().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let env = dev_env(&system);
     let mut ids = Vec::new();

@@ -313,11 +313,7 @@ fn list_text(list: &Value) -> String {
             text(&letter["reason"]),
         ]);
     }
-    let mut out = if table.is_empty() {
-        "no dead letters\n".to_string()
-    } else {
-        table.render()
-    };
+    let mut out = table.render_or("no dead letters");
     if let Some(cursor) = list["next_cursor"].as_str() {
         out.push_str(&format!("more: ternctl dlq ls --cursor {cursor}\n"));
     }

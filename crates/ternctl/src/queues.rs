@@ -171,11 +171,7 @@ fn list_text(list: &Value) -> String {
             text(&queue["updated_at"]),
         ]);
     }
-    if table.is_empty() {
-        "no queue has a policy; every queue runs on the defaults\n".into()
-    } else {
-        table.render()
-    }
+    table.render_or("no queue has a policy; every queue runs on the defaults")
 }
 
 #[cfg(test)]

@@ -135,11 +135,7 @@ fn list_text(list: &Value) -> String {
             text(&schedule["last_run_at"]),
         ]);
     }
-    if table.is_empty() {
-        "no schedules\n".into()
-    } else {
-        table.render()
-    }
+    table.render_or("no schedules")
 }
 
 #[cfg(test)]

@@ -35,6 +35,15 @@ impl Table {
         self.rows.is_empty()
     }
 
+    /// The table, or `empty` (a line saying there is nothing) when it has no row.
+    pub fn render_or(&self, empty: &str) -> String {
+        if self.is_empty() {
+            format!("{empty}\n")
+        } else {
+            self.render()
+        }
+    }
+
     /// The table as text, one line per row after the header line.
     pub fn render(&self) -> String {
         let widths: Vec<usize> = (0..self.headers.len())
@@ -126,6 +135,8 @@ mod tests {
         assert_eq!(table.render(), "A     B\nonly\nx     two lines\né€\n");
         assert!(!table.is_empty());
         assert!(Table::new(["a"]).is_empty());
+        assert_eq!(Table::new(["a"]).render_or("nothing"), "nothing\n");
+        assert_eq!(table.render_or("nothing"), table.render());
         assert_eq!(Table::new(["a", "bb"]).render(), "A  BB\n");
     }
 
