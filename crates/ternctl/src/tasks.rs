@@ -57,6 +57,23 @@ struct SubmitArgs {
     idempotency_key: Option<String>,
 }
 
+/// The flags `--body` replaces (by clap id).
+const FIELD_FLAGS: [&str; 13] = [
+    "webhook_url",
+    "queue",
+    "payload",
+    "delay",
+    "not_before",
+    "notify_url",
+    "await_callback",
+    "max_retries",
+    "backoff",
+    "initial_delay",
+    "max_delay",
+    "timeout",
+    "max_age",
+];
+
 /// The fields of a task body (also the `task` of a schedule).
 #[derive(Args, Debug, Clone)]
 pub struct TaskFlags {
@@ -84,11 +101,7 @@ pub struct TaskFlags {
     #[command(flatten)]
     retry: RetryFlags,
     /// The whole request body instead of the flags above: JSON, @file, or -.
-    #[arg(
-        long,
-        value_name = "JSON",
-        conflicts_with_all = ["webhook_url", "delay", "not_before", "notify_url", "await_callback"]
-    )]
+    #[arg(long, value_name = "JSON", conflicts_with_all = FIELD_FLAGS)]
     body: Option<String>,
 }
 
@@ -362,7 +375,13 @@ mod tests {
     #[test]
     fn body_excludes_the_field_flags_and_one_of_them_is_needed() {
         assert!(Cli::try_parse_from(["t"]).is_err());
-        assert!(Cli::try_parse_from(["t", "--body", "{}", "--webhook-url", "http://x"]).is_err());
+        for flag in FIELD_FLAGS {
+            let flag = format!("--{}", flag.replace('_', "-"));
+            assert!(
+                Cli::try_parse_from(["t", "--body", "{}", &flag, "x"]).is_err(),
+                "{flag}"
+            );
+        }
     }
 
     #[test]
