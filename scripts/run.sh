@@ -49,6 +49,10 @@ Create a task (paste into another terminal):
 Then its status, with the task_id from the answer in place of TASK_ID:
   curl -sS $url/v1/tasks/TASK_ID -H "$auth"
 
+Or with ternctl (it reads .tern/dev.env):
+  $TERN_BIN_DIR/ternctl tasks submit --webhook-url $receiver/webhook --payload '{"hello":"world"}'
+  $TERN_BIN_DIR/ternctl tasks get TASK_ID
+
 Streaming logs; Ctrl-C stops everything.
 
 EOF

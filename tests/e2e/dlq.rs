@@ -1,7 +1,6 @@
 //! The admin API: dead-letter inspection, re-drive (single and bulk), purge, auth.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -17,16 +16,7 @@ async fn dead_letters_are_listed_inspected_redriven_once_and_purged() {
     let nats = NatsServer::start().await;
     let system = TernSystem::start(&nats).await;
     // Fails until healed, then accepts.
-    let healed = Arc::new(AtomicBool::new(false));
-    let flag = healed.clone();
-    let receiver = Receiver::start_with(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            StatusCode::OK
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-    })
-    .await;
+    let (receiver, healed) = Receiver::start_failing_until_healed().await;
     let no_retry = json!({"max_retries": 1});
     let a = submit(&system, ACME.api_key, json!({"queue": "orders", "webhook_url": receiver.url("/a"), "payload": {"n": 1}, "retry": no_retry})).await;
     let b = submit(&system, ACME.api_key, json!({"queue": "emails", "webhook_url": receiver.url("/b"), "payload": {"n": 2}, "retry": no_retry})).await;

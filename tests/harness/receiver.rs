@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +68,22 @@ impl Receiver {
         respond: impl Fn(&Received, usize) -> StatusCode + Send + Sync + 'static,
     ) -> Self {
         Self::start_full(Duration::ZERO, move |r, i| respond(r, i).into_response()).await
+    }
+
+    /// A receiver answering 500 until the returned flag is set, then 200 (for tasks
+    /// that must die first and succeed when re-driven).
+    pub async fn start_failing_until_healed() -> (Self, Arc<AtomicBool>) {
+        let healed = Arc::new(AtomicBool::new(false));
+        let flag = healed.clone();
+        let receiver = Self::start_with(move |_, _| {
+            if flag.load(Ordering::SeqCst) {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        })
+        .await;
+        (receiver, healed)
     }
 
     /// A receiver that holds every request for `delay`, then answers 200.
