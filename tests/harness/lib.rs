@@ -46,10 +46,25 @@ pub fn http() -> reqwest::Client {
         .expect("test HTTP client")
 }
 
-/// A free TCP port on loopback (bound then released; fine for tests).
+/// A free TCP port on loopback, for a listener that must know its port before it
+/// binds (its URL goes into configuration).
+///
+/// Chosen below Linux's ephemeral range (32768-60999): a port the kernel hands out
+/// for port 0 is also what every outgoing connection of the parallel tests draws
+/// from, so one of them could take it between this check and the real bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Each test process starts at its own offset and walks the range.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) % SPAN;
+        let port = LOW + offset;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
