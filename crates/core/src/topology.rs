@@ -347,15 +347,8 @@ impl Topology {
         // hold only what is pending. Pending schedules live in NATS, not in any Tern
         // process's memory.
         let schedules = |name: &str, subjects: &str| stream::Config {
-            name: name.to_string(),
-            subjects: vec![subjects.to_string()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
             allow_message_schedules: true,
-            allow_direct: true,
-            max_message_size: MAX_MESSAGE_BYTES,
-            ..Default::default()
+            ..work_queue(name, subjects)
         };
         js.create_or_update_stream(schedules(TIMERS_STREAM, "tern.timers.>"))
             .await
