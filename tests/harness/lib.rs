@@ -54,11 +54,16 @@ pub fn http() -> reqwest::Client {
 /// from, so one of them could take it between this check and the real bind.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
-    // Each test process starts at its own offset and walks the range.
+    // Each test process starts at a random offset (processes started together have
+    // neighbouring pids, so the pid would make them walk the same ports) and walks on.
     static NEXT: AtomicU16 = AtomicU16::new(0);
+    static START: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
     const LOW: u16 = 20_000;
     const SPAN: u16 = 12_000;
-    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    let start = *START.get_or_init(|| {
+        let random = uuid::Uuid::new_v4().as_u128();
+        (random % u128::from(SPAN)) as u16
+    });
     for _ in 0..SPAN {
         let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) % SPAN;
         let port = LOW + offset;
