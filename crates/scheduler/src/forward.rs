@@ -33,7 +33,8 @@ use crate::fair_queue::FairQueue;
 use crate::intake::{self, Pulled};
 use crate::ready_credit::ReadyCredit;
 
-/// How often held intake messages get their ack wait extended.
+/// How often held intake messages get their ack wait extended (and the buffer gauges
+/// are updated).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Held longer than this, an intake message gets its ack wait extended.
 const PROGRESS_AFTER: Duration = Duration::from_secs(10);
@@ -111,6 +112,7 @@ pub async fn run(
             let Some(subject) = destination(&next.message, &queues) else {
                 tracing::error!(subject = %next.message.subject, "unexpected intake subject; dropping");
                 let _ = next.message.ack_with(AckKind::Term).await;
+                credit.give_back();
                 continue;
             };
             if !subject.starts_with(READY_OPEN_FILTER.trim_end_matches('>')) {
@@ -152,11 +154,12 @@ pub async fn run(
                 for held in fair.iter().filter(|held| held.since.elapsed() > PROGRESS_AFTER) {
                     let _ = held.message.ack_with(AckKind::Progress).await;
                 }
+                // Off the per-message path: a gauge a few seconds old is fresh enough.
+                for tier in Tier::ALL {
+                    metrics::gauge!("tern_scheduler_buffered", "tier" => tier.as_str())
+                        .set(fair.tier_len(tier) as f64);
+                }
             }
-        }
-        for tier in Tier::ALL {
-            metrics::gauge!("tern_scheduler_buffered", "tier" => tier.as_str())
-                .set(fair.tier_len(tier) as f64);
         }
     }
     // Hand back what this replica holds, so another replica (or the next start) takes
