@@ -33,6 +33,11 @@ async fn send(
     request.send().await.expect("proxy request")
 }
 
+/// `POST /v1/proxy` with `headers` and no body.
+async fn proxy_post(system: &TernSystem, headers: &[(&str, &str)]) -> reqwest::Response {
+    send(system, Method::POST, "/v1/proxy", headers, "").await
+}
+
 /// An async proxied call that must be accepted: its job id.
 async fn accepted(system: &TernSystem, headers: &[(&str, &str)], body: &'static str) -> String {
     let response = send(system, Method::POST, "/v1/proxy", headers, body).await;
@@ -438,15 +443,12 @@ async fn a_route_cascades_past_a_provider_that_is_down() {
         .call(ACME.api_key, Method::GET, "/v1/routes/all-down", None)
         .await;
     assert_eq!(code, 404);
-    let response = send(
+    let response = proxy_post(
         &system,
-        Method::POST,
-        "/v1/proxy",
         &[
             ("X-Route-Key", "all-down"),
             ("X-Webhook-Callback", hook.as_str()),
         ],
-        "",
     )
     .await;
     assert_eq!(response.status(), 404);
@@ -700,15 +702,12 @@ async fn bad_control_headers_are_refused_naming_the_header_and_leave_nothing() {
     assert_eq!(response.status(), 202);
     received(&callback, 1).await;
     // An unknown route, no key, a body over the limit.
-    let response = send(
+    let response = proxy_post(
         &system,
-        Method::POST,
-        "/v1/proxy",
         &[
             ("X-Route-Key", "nope"),
             ("X-Webhook-Callback", hook.as_str()),
         ],
-        "",
     )
     .await;
     assert_eq!(response.status(), 404);
@@ -807,16 +806,13 @@ async fn without_a_callback_the_call_is_synchronous_with_the_same_retries() {
     })
     .await;
     let failing_url = failing.url("/x");
-    let response = send(
+    let response = proxy_post(
         &system,
-        Method::POST,
-        "/v1/proxy",
         &[
             ("X-Target-URL", failing_url.as_str()),
             ("X-Retry-Count", "1"),
             ("X-Retry-Delay", "10ms"),
         ],
-        "",
     )
     .await;
     assert_eq!(response.status(), 500);
@@ -825,12 +821,9 @@ async fn without_a_callback_the_call_is_synchronous_with_the_same_retries() {
 
     // No answer at all: the gateway's JSON errors.
     let down = format!("http://127.0.0.1:{}/", tern_tests::free_port());
-    let response = send(
+    let response = proxy_post(
         &system,
-        Method::POST,
-        "/v1/proxy",
         &[("X-Target-URL", down.as_str()), ("X-Retry-Count", "0")],
-        "",
     )
     .await;
     assert_eq!(response.status(), 502);
@@ -839,16 +832,13 @@ async fn without_a_callback_the_call_is_synchronous_with_the_same_retries() {
     assert!(error["error"]["message"].as_str().unwrap().contains(&down));
     let slow = Receiver::start_slow(Duration::from_secs(5)).await;
     let slow_url = slow.url("/");
-    let response = send(
+    let response = proxy_post(
         &system,
-        Method::POST,
-        "/v1/proxy",
         &[
             ("X-Target-URL", slow_url.as_str()),
             ("X-Retry-Count", "0"),
             ("X-Proxy-Timeout", "200ms"),
         ],
-        "",
     )
     .await;
     assert_eq!(response.status(), 504);
