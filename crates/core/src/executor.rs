@@ -172,13 +172,13 @@ impl Executor {
         };
         // IP-literal hosts never reach the guarded resolver, so check them here, on
         // every attempt (the allow-list may have changed since the task was accepted).
-        match url::Url::parse(&request.url) {
-            Ok(url) => {
-                if let Err(e) = self.guard.check_url_host(&url) {
-                    return refuse(FailureKind::RefusedByGuard, e.to_string());
-                }
-            }
+        // The parsed URL is what is sent, so it is parsed once per attempt.
+        let url = match url::Url::parse(&request.url) {
+            Ok(url) => url,
             Err(e) => return refuse(FailureKind::Other, format!("invalid URL: {e}")),
+        };
+        if let Err(e) = self.guard.check_url_host(&url) {
+            return refuse(FailureKind::RefusedByGuard, e.to_string());
         }
         let mut headers = request.headers.clone();
         if let Some(signing) = signing
@@ -193,7 +193,7 @@ impl Executor {
         }
         let sent = self
             .client
-            .request(request.method.clone(), &request.url)
+            .request(request.method.clone(), url)
             .headers(headers)
             .body(request.body.clone())
             .timeout(request.timeout)

@@ -64,7 +64,9 @@ pub async fn deliver(
         let abort = abort.clone();
         let gate = gate.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        // Boxed: the delivery future is large, and spawning it unboxed copies it
+        // (several kilobytes) on every message.
+        tokio::spawn(Box::pin(async move {
             let admitted = match &gate {
                 Some(gate) => gate.admit(&message, ctx.progress_every, &stop).await,
                 None => true,
@@ -73,7 +75,7 @@ pub async fn deliver(
                 process::handle(ctx, message, abort).await;
             }
             drop(permit);
-        });
+        }));
     }
 
     // Stop pulling: what was already delivered to us but not started goes straight
