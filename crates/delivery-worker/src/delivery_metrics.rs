@@ -101,6 +101,13 @@ pub fn record_call(attempt: u32, outcome: &AttemptOutcome, step: &Step) {
         .latency
         .get_or_init(|| metrics::histogram!("tern_delivery_seconds"))
         .record(outcome.duration.as_secs_f64());
+    tracing::debug!(
+        attempt,
+        status = outcome.status(),
+        outcome = OUTCOMES[o],
+        duration_ms = outcome.duration.as_millis() as u64,
+        "delivery attempt"
+    );
     let span = tracing::Span::current();
     tern_core::task_span::record_attempt(&span, attempt, outcome.status(), outcome.duration);
     tern_core::task_span::record_outcome(&span, OUTCOMES[o], matches!(step, Step::Succeed));

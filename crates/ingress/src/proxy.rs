@@ -390,7 +390,8 @@ async fn accept(
             }
         })
     };
-    let (job_id, replayed) = accepted.instrument(span).await?;
+    let (job_id, replayed) = accepted.instrument(span.clone()).await?;
+    span.in_scope(|| tracing::debug!(replayed, "proxied call accepted"));
     let status_url = crate::tasks::status_url(state, &job_id);
     let body = Accepted {
         status: "Accepted",

@@ -102,6 +102,7 @@ async fn submit(
         let Some(key) = idempotency_key else {
             let id = new.id.clone();
             let outcome = state.acceptor.accept(&tenant, new).await?;
+            tracing::debug!("task accepted");
             return Ok(accepted(state, &id, outcome.callback_url, false));
         };
 
@@ -113,6 +114,10 @@ async fn submit(
                 Ok(state.acceptor.accept(&tenant, new).await?)
             })
             .await?;
+        tracing::debug!(
+            replayed = matches!(submitted, Outcome::Replayed(_)),
+            "task accepted"
+        );
         Ok(match submitted {
             Outcome::Accepted(outcome) => accepted(state, &id, outcome.callback_url, false),
             // The callback id is a secret that is never stored in clear, so a replay

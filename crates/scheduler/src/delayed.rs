@@ -119,6 +119,7 @@ async fn release_task(
         metrics::counter!("tern_delayed_released_total").increment(1);
     }
     let outcome = if release { "released" } else { "dropped" };
+    tracing::debug!(outcome, "due delayed task handled");
     tern_core::task_span::record_outcome(&tracing::Span::current(), outcome, true);
     // Handled (released or cancelled): acking deletes the due copy (work queue).
     let _ = message.ack().await;

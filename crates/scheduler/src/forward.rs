@@ -216,6 +216,7 @@ async fn forward(
                 metrics::counter!("tern_scheduler_forwarded_total", "tier" => tier.as_str())
                     .increment(1);
                 tern_core::task_span::record_outcome(&Span::current(), "forwarded", true);
+                tracing::debug!("task forwarded to READY");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "READY publish failed; retrying the intake message");
