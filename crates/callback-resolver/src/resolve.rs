@@ -176,7 +176,7 @@ async fn resolve_task(
     body: &[u8],
 ) -> Result<Response, ResolveError> {
     let now = tern_core::now_ms();
-    let body_text = String::from_utf8_lossy(&body).into_owned();
+    let body_text = String::from_utf8_lossy(body).into_owned();
     let updated = state
         .tasks
         .update(&callback.task_id, None, |r| {
