@@ -161,7 +161,11 @@ pub async fn resolve(
         metrics::counter!("tern_callbacks_total", "result" => "unknown").increment(1);
         return Err(ResolveError::not_found());
     };
-    let span = tern_core::task_span::resolve(&callback.task_id, &callback.traceparent);
+    let span = tern_core::task_span::start(
+        tern_core::task_span::Step::Resolve,
+        &callback.task_id,
+        &callback.traceparent,
+    );
     resolve_task(&state, &key, callback, headers, &body)
         .instrument(span)
         .await

@@ -30,28 +30,24 @@ pub fn trace_id_of(traceparent: &str) -> &str {
 macro_rules! task_span {
     ($name:literal, $kind:literal, $task_id:expr, $trace_id:expr) => {
         if exporting() {
-            tracing::info_span!(
-                $name,
-                otel.kind = $kind,
-                task_id = %$task_id,
-                trace_id = $trace_id,
-                attempt = Empty,
-                http.response.status_code = Empty,
-                duration_ms = Empty,
-                outcome = Empty,
-                otel.status_code = Empty,
-            )
+            task_span!(tracing::Level::INFO, $name, $kind, $task_id, $trace_id)
         } else {
-            tracing::debug_span!(
-                $name,
-                task_id = %$task_id,
-                trace_id = $trace_id,
-                attempt = Empty,
-                http.response.status_code = Empty,
-                duration_ms = Empty,
-                outcome = Empty,
-            )
+            task_span!(tracing::Level::DEBUG, $name, $kind, $task_id, $trace_id)
         }
+    };
+    ($level:expr, $name:literal, $kind:literal, $task_id:expr, $trace_id:expr) => {
+        tracing::span!(
+            $level,
+            $name,
+            otel.kind = $kind,
+            task_id = %$task_id,
+            trace_id = $trace_id,
+            attempt = Empty,
+            http.response.status_code = Empty,
+            duration_ms = Empty,
+            outcome = Empty,
+            otel.status_code = Empty,
+        )
     };
 }
 
@@ -94,37 +90,31 @@ pub fn accept(task_id: &str, incoming: Option<&str>) -> (Span, String) {
     (span, traceparent)
 }
 
-/// The scheduler forwarding task `task_id` from INTAKE to READY.
-pub fn schedule(task_id: &str, traceparent: &str) -> Span {
-    let span = task_span!("schedule", "consumer", task_id, trace_id_of(traceparent));
-    join(&span, traceparent);
-    span
+/// A step on a task after its acceptance, each a span of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The scheduler forwarding it from INTAKE to READY.
+    Schedule,
+    /// The scheduler releasing it (a delayed task) when it falls due.
+    Release,
+    /// A worker's delivery attempt (see [`record_attempt`]).
+    Deliver,
+    /// The resolver resolving it with its provider's callback.
+    Resolve,
+    /// The scheduler failing it because its callback never came.
+    Expire,
 }
 
-/// The scheduler releasing delayed task `task_id` when it falls due.
-pub fn release(task_id: &str, traceparent: &str) -> Span {
-    let span = task_span!("release", "consumer", task_id, trace_id_of(traceparent));
-    join(&span, traceparent);
-    span
-}
-
-/// A worker's delivery attempt of task `task_id` (see [`record_attempt`]).
-pub fn deliver(task_id: &str, traceparent: &str) -> Span {
-    let span = task_span!("deliver", "consumer", task_id, trace_id_of(traceparent));
-    join(&span, traceparent);
-    span
-}
-
-/// The resolver resolving task `task_id` with its provider's callback.
-pub fn resolve(task_id: &str, traceparent: &str) -> Span {
-    let span = task_span!("resolve", "server", task_id, trace_id_of(traceparent));
-    join(&span, traceparent);
-    span
-}
-
-/// The scheduler failing task `task_id` whose callback never came.
-pub fn expire(task_id: &str, traceparent: &str) -> Span {
-    let span = task_span!("expire", "consumer", task_id, trace_id_of(traceparent));
+/// The span of `step` on task `task_id`, a child of its stored `traceparent`.
+pub fn start(step: Step, task_id: &str, traceparent: &str) -> Span {
+    let trace_id = trace_id_of(traceparent);
+    let span = match step {
+        Step::Schedule => task_span!("schedule", "consumer", task_id, trace_id),
+        Step::Release => task_span!("release", "consumer", task_id, trace_id),
+        Step::Deliver => task_span!("deliver", "consumer", task_id, trace_id),
+        Step::Resolve => task_span!("resolve", "server", task_id, trace_id),
+        Step::Expire => task_span!("expire", "consumer", task_id, trace_id),
+    };
     join(&span, traceparent);
     span
 }

@@ -60,7 +60,11 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
             return;
         }
     };
-    let span = tern_core::task_span::deliver(&task.id, &task.traceparent);
+    let span = tern_core::task_span::start(
+        tern_core::task_span::Step::Deliver,
+        &task.id,
+        &task.traceparent,
+    );
     deliver(ctx, message, task, abort).instrument(span).await;
 }
 

@@ -55,7 +55,11 @@ async fn release(js: &jetstream::Context, tasks: &TaskStore, message: jetstream:
         let _ = message.ack_with(AckKind::Term).await;
         return;
     };
-    let span = tern_core::task_span::release(&task.id, &task.traceparent);
+    let span = tern_core::task_span::start(
+        tern_core::task_span::Step::Release,
+        &task.id,
+        &task.traceparent,
+    );
     release_task(js, tasks, message, task)
         .instrument(span)
         .await;

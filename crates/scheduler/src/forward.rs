@@ -69,7 +69,11 @@ fn destination(message: &jetstream::Message, queues: &Queues) -> Option<(String,
                 &task,
                 queues.policy(&task.tenant_id, &task.queue).as_ref(),
             ),
-            tern_core::task_span::schedule(&task.id, &task.traceparent),
+            tern_core::task_span::start(
+                tern_core::task_span::Step::Schedule,
+                &task.id,
+                &task.traceparent,
+            ),
         )),
         Err(_) => ready_subject_for(&message.subject).map(|subject| (subject, Span::none())),
     }

@@ -40,7 +40,7 @@ pub async fn run(
                 let _ = message.ack_with(AckKind::Term).await;
                 return;
             };
-            let span = tern_core::task_span::expire(&timer.task_id, &timer.traceparent);
+            let span = tern_core::task_span::start(tern_core::task_span::Step::Expire, &timer.task_id, &timer.traceparent);
             async {
                 match expire(js, tasks, &timer.task_id).await {
                     Ok(()) => {
