@@ -9,14 +9,15 @@ CARGO ?= cargo
 # Extra arguments for tern-bench, e.g. make bench BENCH_ARGS='--tasks 100000 --concurrency 256'
 BENCH_ARGS ?=
 
-.PHONY: help tools build run test bench deploy-check fmt lint clean distclean
+.PHONY: help tools build run test bench bench-scaling deploy-check fmt lint clean distclean
 
 help: ## List the targets
 	@echo "Tern developer tasks:"
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN { FS = ":.*## " } { printf "  make %-10s %s\n", $$1, $$2 }'
 	@echo
-	@echo "Variables: BENCH_ARGS='...' (tern-bench options), CARGO_TARGET_DIR, TERN_SKIP_BUILD=1 (run/bench)"
+	@echo "Variables: BENCH_ARGS='...' (tern-bench options), CARGO_TARGET_DIR, TERN_SKIP_BUILD=1 (run/bench),"
+	@echo "           TERN_WORKERS=N (delivery-worker processes for run/bench)"
 
 tools: ## Install the pinned nats-server into .tools/ if none suitable is on PATH
 	@scripts/nats-server.sh
@@ -40,6 +41,9 @@ test: ## Run every test (unit, integration against real nats-server, doc tests)
 
 bench: ## Run every benchmark (scripts/bench-suite.sh), or tern-bench with BENCH_ARGS
 	@if [ -n "$(BENCH_ARGS)" ]; then scripts/bench.sh $(BENCH_ARGS); else scripts/bench-suite.sh; fi
+
+bench-scaling: ## Throughput with 1, 2 and 4 delivery-worker processes on one NATS (BENCH_ARGS apply)
+	@scripts/bench-scaling.sh $(BENCH_ARGS)
 
 deploy-check: ## Render, validate and lint the Kubernetes manifests and Dockerfile (offline)
 	@deploy/check.sh

@@ -19,6 +19,8 @@
 #   TERN_NATS_HTTP_PORT  nats-server monitoring port       (8222)
 #   TERN_RECEIVER_PORT   port of `ternctl listen`          (9999)
 #   TERN_SKIP_BUILD=1    use the binaries already built
+#   TERN_WORKERS         delivery-worker processes to start (1); the extra ones
+#                        serve their ops endpoints on 127.0.0.1:9180, 9181, ...
 #   CARGO_TARGET_DIR     where cargo puts target/          (./target)
 # The services read `--config <file>` plus TERN_<SECTION>__<KEY> overrides from the
 # environment; those overrides are honoured here too when working out ports.
@@ -31,6 +33,8 @@ TERN_READY_TIMEOUT="${TERN_READY_TIMEOUT:-90}"
 TERN_STOP_TIMEOUT="${TERN_STOP_TIMEOUT:-35}"
 TERN_NATS_HTTP_PORT="${TERN_NATS_HTTP_PORT:-8222}"
 TERN_RECEIVER_PORT="${TERN_RECEIVER_PORT:-9999}"
+TERN_WORKERS="${TERN_WORKERS:-1}"
+TERN_EXTRA_WORKER_OPS_PORT=9180
 TERN_DEV_API_KEY="tern_dev_local_key_not_for_production"
 
 TERN_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
@@ -439,6 +443,11 @@ tern_check_ports() {
         tern_cfg_addr "$section" ops_listen
         _tern_check_port "$name ops/health port"
     done
+    local i
+    for ((i = 2; i <= TERN_WORKERS; i++)); do
+        tern_addr "127.0.0.1:$(_tern_extra_worker_port "$i")"
+        _tern_check_port "delivery-worker-$i ops/health port"
+    done
     if [[ "${1:-}" == --receiver ]]; then
         tern_addr "127.0.0.1:$TERN_RECEIVER_PORT"
         _tern_check_port "webhook receiver (ternctl listen)"
@@ -446,6 +455,11 @@ tern_check_ports() {
     if ((busy)); then
         tern_die "ports are taken: is another 'make run' or 'make bench' running? (see: ss -ltnp)"
     fi
+}
+
+# The ops port of delivery-worker number N (2, 3, ...; the first uses the config's).
+_tern_extra_worker_port() {
+    printf '%s\n' $((TERN_EXTRA_WORKER_OPS_PORT + $1 - 2))
 }
 
 # tern_start_nats STORE_DIR CONF_FILE LOG_FILE
@@ -479,6 +493,7 @@ tern_start_system() {
         esac
     done
     [[ -n "$store" && -n "$logs" ]] || tern_die "internal: tern_start_system needs --store and --logs"
+    [[ "$TERN_WORKERS" =~ ^[1-9][0-9]*$ ]] || tern_die "TERN_WORKERS must be a positive number, got '$TERN_WORKERS'"
 
     if ((receiver)); then
         tern_check_ports --receiver
@@ -497,6 +512,14 @@ tern_start_system() {
         IFS='|' read -r name bin section <<<"$entry"
         tern_say "starting $name"
         tern_spawn "$name" "$logs/$name.log" "${TERN_SERVICE_ENV[@]}" "$TERN_BIN_DIR/$bin" --config "$config_abs"
+    done
+    # More delivery workers: replicas on the same consumers, each with its own ops port.
+    local i
+    for ((i = 2; i <= TERN_WORKERS; i++)); do
+        tern_say "starting delivery-worker-$i"
+        tern_spawn "delivery-worker-$i" "$logs/delivery-worker-$i.log" "${TERN_SERVICE_ENV[@]}" \
+            TERN_WORKER__OPS_LISTEN="127.0.0.1:$(_tern_extra_worker_port "$i")" \
+            "$TERN_BIN_DIR/tern-delivery-worker" --config "$config_abs"
     done
 
     if ((receiver)); then
@@ -517,6 +540,11 @@ tern_start_system() {
         tern_cfg_addr "$section" ops_listen
         tern_wait_ready "$name" "$deadline" http "http://$(tern_url_host "$TERN_HOST"):$TERN_PORT/readyz"
         tern_say "$name is ready"
+    done
+    for ((i = 2; i <= TERN_WORKERS; i++)); do
+        tern_wait_ready "delivery-worker-$i" "$deadline" http \
+            "http://127.0.0.1:$(_tern_extra_worker_port "$i")/readyz"
+        tern_say "delivery-worker-$i is ready"
     done
     if _tern_index_of receiver >/dev/null; then
         tern_wait_ready receiver "$deadline" tcp 127.0.0.1 "$TERN_RECEIVER_PORT"

@@ -5,9 +5,11 @@
 //! Nothing here mocks NATS. Tests poll for conditions with deadlines ([`wait_until`])
 //! instead of sleeping for fixed times.
 
+pub mod collector;
 pub mod load;
 pub mod nats;
 pub mod process;
+pub mod prometheus;
 pub mod receiver;
 pub mod system;
 

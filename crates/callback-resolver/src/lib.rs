@@ -76,6 +76,7 @@ impl Resolver {
                 )
             })
             .with_state(state);
+        let app = tern_core::http_metrics::instrument(app, "callbacks");
         let ops = tokio::spawn(tern_core::ops::serve(
             self.ops,
             runtime.health(),

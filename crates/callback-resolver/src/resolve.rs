@@ -19,9 +19,11 @@ use serde::Serialize;
 use serde_json::json;
 use tern_core::callbacks::{self, Callbacks};
 use tern_core::config::ResolverConfig;
+use tern_core::task_span::trace_id_of;
 use tern_core::task_store::{Change, TaskStore, Updated};
 use tern_core::task_view::{ResultView, rfc3339, status_name};
-use tern_proto::v1::{TaskResult, TaskStatus};
+use tern_proto::v1::{CallbackRecord, TaskResult, TaskStatus};
+use tracing::{Instrument, Span};
 
 use crate::rate_limit::{RateLimiter, client_ip};
 
@@ -63,6 +65,7 @@ impl ResolveError {
     }
 
     fn unavailable(e: impl std::fmt::Display) -> Self {
+        metrics::counter!("tern_callbacks_total", "result" => "error").increment(1);
         tracing::warn!(error = %e, "callback could not be resolved");
         let mut error = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -127,6 +130,7 @@ pub async fn resolve(
         return Err(error);
     }
     if !callbacks::is_well_formed(&id) {
+        metrics::counter!("tern_callbacks_total", "result" => "invalid").increment(1);
         return Err(ResolveError::not_found());
     }
     let key = callbacks::key_of(&id);
@@ -135,12 +139,14 @@ pub async fn resolve(
     let body = axum::body::to_bytes(request.into_body(), limit)
         .await
         .map_err(|_| {
+            metrics::counter!("tern_callbacks_total", "result" => "invalid").increment(1);
             ResolveError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("Callback body is larger than {limit} bytes"),
             )
         })?;
     if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        metrics::counter!("tern_callbacks_total", "result" => "invalid").increment(1);
         return Err(ResolveError::new(
             StatusCode::BAD_REQUEST,
             "Callback body must be valid JSON",
@@ -155,9 +161,26 @@ pub async fn resolve(
         metrics::counter!("tern_callbacks_total", "result" => "unknown").increment(1);
         return Err(ResolveError::not_found());
     };
+    let span = tern_core::task_span::start(
+        tern_core::task_span::Step::Resolve,
+        &callback.task_id,
+        &callback.traceparent,
+    );
+    resolve_task(&state, &key, callback, headers, &body)
+        .instrument(span)
+        .await
+}
 
+/// Resolves the task `callback` names with the provider's `body`, inside its span.
+async fn resolve_task(
+    state: &Shared,
+    key: &str,
+    callback: CallbackRecord,
+    headers: BTreeMap<String, String>,
+    body: &[u8],
+) -> Result<Response, ResolveError> {
     let now = tern_core::now_ms();
-    let body_text = String::from_utf8_lossy(&body).into_owned();
+    let body_text = String::from_utf8_lossy(body).into_owned();
     let updated = state
         .tasks
         .update(&callback.task_id, None, |r| {
@@ -187,6 +210,7 @@ pub async fn resolve(
         Updated::Written(record, _) => record,
         Updated::Declined(record, _) => {
             metrics::counter!("tern_callbacks_total", "result" => "conflict").increment(1);
+            tern_core::task_span::record_outcome(&Span::current(), "conflict", false);
             return Err(ResolveError::new(
                 StatusCode::CONFLICT,
                 format!(
@@ -197,10 +221,16 @@ pub async fn resolve(
         }
         Updated::Missing => return Err(ResolveError::not_found()),
     };
-    state.callbacks.finish(&key, &record.id).await;
+    state.callbacks.finish(key, &record.id).await;
     tern_core::notify::announce(&state.js, &state.tasks, &record).await;
     metrics::counter!("tern_callbacks_total", "result" => "resolved").increment(1);
-    tracing::info!(task_id = %record.id, callback = callbacks::log_tag(&key), "task resolved by callback");
+    tern_core::task_span::record_outcome(&Span::current(), "resolved", true);
+    tracing::info!(
+        task_id = %record.id,
+        trace_id = trace_id_of(&callback.traceparent),
+        callback = callbacks::log_tag(key),
+        "task resolved by callback"
+    );
     let result = record.result.as_ref().map(|r| ResultView {
         status_code: r.status_code,
         headers: r.headers.clone().into_iter().collect(),

@@ -207,6 +207,7 @@ impl Acceptor {
                     &CallbackRecord {
                         task_id: new.id.clone(),
                         tenant_id: tenant.id.clone(),
+                        traceparent: new.traceparent.clone(),
                     },
                     timeout,
                 )

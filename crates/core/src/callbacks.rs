@@ -80,6 +80,7 @@ impl Callbacks {
         let timer = Timer {
             task_id: record.task_id.clone(),
             callback_key: key.to_string(),
+            traceparent: record.traceparent.clone(),
         };
         crate::schedule::publish_at(
             &self.js,

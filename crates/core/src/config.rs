@@ -79,6 +79,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Span export and metric polling.
+    pub telemetry: TelemetryConfig,
     /// Async runtime sizing.
     pub runtime: RuntimeConfig,
     /// Tenants and their credentials.
@@ -410,6 +412,28 @@ impl Default for LogConfig {
     }
 }
 
+/// Span export (OpenTelemetry) and metric polling settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector base URL (`/v1/traces` is appended); when unset, the
+    /// standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+    /// decide, and without either no span is exported.
+    pub otlp_endpoint: Option<String>,
+    /// How often the scheduler reads consumer and dead-letter stream state for the
+    /// backlog gauges.
+    pub gauge_interval: HumanDuration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            gauge_interval: HumanDuration(std::time::Duration::from_secs(5)),
+        }
+    }
+}
+
 /// One tenant: who may call the API and how its webhooks are signed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TenantConfig {
@@ -481,6 +505,17 @@ impl Config {
         }
         if self.scheduler.max_in_flight == 0 {
             return invalid("scheduler.max_in_flight must be at least 1".into());
+        }
+        if self.telemetry.gauge_interval.get() < std::time::Duration::from_secs(1) {
+            return invalid("telemetry.gauge_interval must be at least 1s".into());
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            let scheme = url::Url::parse(endpoint).map(|u| u.scheme().to_string());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                return invalid(format!(
+                    "telemetry.otlp_endpoint must be an http(s) URL, got {endpoint:?}"
+                ));
+            }
         }
         if let Some(key) = &self.proxy.secret_key
             && key.expose().len() < MIN_PROXY_SECRET_LEN
@@ -598,6 +633,27 @@ mod tests {
         assert!(Config::from_toml(&bad_hash).is_err());
         let short_key = SAMPLE.replace("proxy-secret-key-value-0123456789abcdef", "short");
         assert!(Config::from_toml(&short_key).is_err());
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_checked_when_set() {
+        let config = Config::from_toml(SAMPLE).unwrap();
+        assert_eq!(config.telemetry.otlp_endpoint, None);
+        assert_eq!(config.telemetry.gauge_interval.get().as_secs(), 5);
+        let with = |extra: &str| Config::from_toml(&format!("[telemetry]\n{extra}\n{SAMPLE}"));
+        let on = with(r#"otlp_endpoint = "http://collector:4318""#).unwrap();
+        assert_eq!(
+            on.telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        for bad in [
+            r#"otlp_endpoint = "collector:4318""#,
+            r#"otlp_endpoint = "grpc://collector:4317""#,
+            r#"gauge_interval = "100ms""#,
+        ] {
+            let error = with(bad).unwrap_err().to_string();
+            assert!(error.contains("telemetry."), "{bad}: {error}");
+        }
     }
 
     #[test]

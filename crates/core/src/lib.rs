@@ -6,6 +6,7 @@
 //! topology, the task record store, health/metrics endpoints and shutdown.
 
 pub mod accept;
+pub mod backlog_gauges;
 pub mod backoff;
 pub mod callbacks;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod dlq;
 pub mod duration;
 pub mod endpoints;
 pub mod executor;
+pub mod http_metrics;
 pub mod idempotency;
 pub mod kv_cache;
 pub mod nats;
@@ -32,6 +34,7 @@ pub mod service;
 pub mod shutdown;
 pub mod signing;
 pub mod task_request;
+pub mod task_span;
 pub mod task_store;
 pub mod task_view;
 pub mod telemetry;

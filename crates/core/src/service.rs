@@ -61,6 +61,8 @@ impl Runtime {
         name: &str,
         shutdown: &CancellationToken,
     ) -> Result<Self, StartError> {
+        // Metrics recorded before the recorder exists would be lost.
+        crate::ops::metrics_handle();
         let client = crate::nats::connect(&config.nats, name, shutdown).await?;
         let js = crate::nats::jetstream(client.clone());
         let topology = Topology::ensure(js, config).await?;
@@ -109,7 +111,7 @@ where
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(&config.log);
+    let telemetry = crate::telemetry::init(&config.log, &config.telemetry, name);
     let mut builder = if config.runtime.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -122,10 +124,11 @@ where
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("{name}: cannot start the async runtime: {e}");
+            telemetry.shutdown();
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         tracing::info!(service = name, version = crate::VERSION, config = %config.redacted(), "starting");
         let shutdown = crate::shutdown::on_signals();
         match run(config, shutdown).await {
@@ -138,5 +141,9 @@ where
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // After the runtime stopped, so every span has ended and is in the export buffer.
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }

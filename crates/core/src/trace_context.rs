@@ -4,8 +4,8 @@
 //! The ingress keeps a valid incoming `traceparent`'s trace id (or starts a new trace)
 //! and stores the header value of its own span in the task; the task message carries it
 //! (as a field, so every republish keeps it, and as a NATS header), and each outbound
-//! call sends a child of it. Only the W3C header format is handled here; exporting
-//! spans is the telemetry module's business.
+//! call sends a child of it. Only the W3C header format is handled here; the spans
+//! themselves are [`crate::task_span`]'s business.
 
 use std::fmt;
 
@@ -115,7 +115,10 @@ pub fn for_accepted_task(incoming: Option<&str>) -> String {
 /// The `traceparent` of one outbound call of a task stored with `stored`; `None` when
 /// the task has none (accepted before trace context existed).
 pub fn for_outbound_call(stored: &str) -> Option<String> {
-    TraceParent::parse(stored).map(|parent| parent.child().to_string())
+    let parent = TraceParent::parse(stored)?;
+    // While spans are exported the call is a child of the span making it, so the
+    // receiver's spans hang under Tern's in the collector.
+    Some(crate::task_span::current_traceparent().unwrap_or_else(|| parent.child().to_string()))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! worker stops pulling, lets in-flight calls finish within the grace period, and
 //! hands anything left back to JetStream for immediate redelivery.
 
+mod delivery_metrics;
 pub mod job;
 pub mod limited;
 pub mod process;

@@ -15,6 +15,7 @@ use tern_core::executor::{AttemptOutcome, AttemptResult, Executor, Signing, exce
 use tern_core::retry::{self, Receiver, Step};
 use tern_core::round::{self, Round};
 use tern_core::sealing::Sealer;
+use tern_core::task_span::trace_id_of;
 use tern_core::task_store::{Change, TaskStore, Updated, initial_record, is_terminal};
 use tern_core::tenants::Tenants;
 use tern_core::topology::{dlq_subject, intake_subject};
@@ -24,7 +25,9 @@ use tern_proto::v1::{
     Attempt, AttemptError, DeadLetter, Task, TaskRecord, TaskResult, TaskStatus, task::Work,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::delivery_metrics;
 use crate::job::{self, JobContext, OnExhaustion, OnSuccess};
 
 /// Everything message processing needs, shared by all in-flight deliveries.
@@ -57,6 +60,21 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
             return;
         }
     };
+    let span = tern_core::task_span::start(
+        tern_core::task_span::Step::Deliver,
+        &task.id,
+        &task.traceparent,
+    );
+    deliver(ctx, message, task, abort).instrument(span).await;
+}
+
+/// One attempt at `task`, inside its `deliver` span.
+async fn deliver(
+    ctx: Arc<Context>,
+    message: jetstream::Message,
+    task: Task,
+    abort: CancellationToken,
+) {
     // A fresh task's record is its initial record at `record_revision`; 0 means the
     // publisher could not vouch for that (a re-drive), so read it first.
     let known = (task.record_revision > 0).then(|| (initial_record(&task), task.record_revision));
@@ -64,17 +82,17 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
     let (record, revision) = match claimed {
         Ok(Updated::Written(record, revision)) => (record, revision),
         Ok(Updated::Declined(record, _)) => {
-            tracing::debug!(task_id = %task.id, status = ?record.status(), "task no longer deliverable; dropping message");
+            tracing::debug!(task_id = %task.id, trace_id = trace_id_of(&task.traceparent), status = ?record.status(), "task no longer deliverable; dropping message");
             let _ = message.ack().await;
             return;
         }
         Ok(Updated::Missing) => {
-            tracing::warn!(task_id = %task.id, "task record missing (expired?); dropping message");
+            tracing::warn!(task_id = %task.id, trace_id = trace_id_of(&task.traceparent), "task record missing (expired?); dropping message");
             let _ = message.ack().await;
             return;
         }
         Err(e) => {
-            tracing::warn!(task_id = %task.id, error = %e, "could not claim task; retrying soon");
+            tracing::warn!(task_id = %task.id, trace_id = trace_id_of(&task.traceparent), error = %e, "could not claim task; retrying soon");
             let _ = message
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                 .await;
@@ -155,7 +173,10 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
         .map(|(url, outcome)| attempt_record(attempt_number, url, phase, outcome))
         .collect();
     for (_, outcome) in &round.calls {
-        record_metrics(outcome, &step);
+        delivery_metrics::record_call(attempt_number, outcome, &step);
+    }
+    if let Step::Retry(_) = step {
+        delivery_metrics::record_retry();
     }
     let (on_success, on_exhaustion) = match &job {
         Ok(job) => (job.on_success.clone(), job.on_exhaustion.clone()),
@@ -200,7 +221,7 @@ pub async fn handle(ctx: Arc<Context>, message: jetstream::Message, abort: Cance
         _ => Ok(()),
     };
     if let Err(e) = prepared {
-        tracing::warn!(task_id = %task.id, error = %e, "retrying soon");
+        tracing::warn!(task_id = %task.id, trace_id = trace_id_of(&task.traceparent), error = %e, "retrying soon");
         let _ = message
             .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
             .await;
@@ -494,27 +515,7 @@ async fn publish_dead_letter(
         .send_publish(dlq_subject(&task.tenant_id, &task.queue, &task.id), publish)
         .await
         .map_err(|e| e.to_string())?;
-    ack.await.map(|_| ()).map_err(|e| e.to_string())
-}
-
-fn record_metrics(outcome: &AttemptOutcome, step: &Step) {
-    let class = match &outcome.result {
-        AttemptResult::Response { status, .. } => match status {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        },
-        AttemptResult::Failed { kind, .. } => kind.as_str(),
-        AttemptResult::Disabled { .. } => "endpoint-disabled",
-    };
-    let step_name = match step {
-        Step::Succeed => "succeeded",
-        Step::Retry(_) => "retry",
-        Step::Dead(_) => "dead",
-        Step::Fail(_) => "failed",
-    };
-    metrics::counter!("tern_deliveries_total", "class" => class, "outcome" => step_name)
-        .increment(1);
-    metrics::histogram!("tern_delivery_seconds").record(outcome.duration.as_secs_f64());
+    ack.await
+        .map(|_| delivery_metrics::record_dead_letter())
+        .map_err(|e| e.to_string())
 }

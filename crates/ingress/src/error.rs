@@ -73,6 +73,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The stable code clients (and metrics) see.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),

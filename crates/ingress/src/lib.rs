@@ -15,6 +15,7 @@ mod queues;
 mod routes;
 mod schedules;
 mod state;
+mod submissions;
 mod tasks;
 
 use std::future::IntoFuture;
@@ -22,7 +23,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Request;
 use axum::routing::post;
 use tern_core::config::Config;
 use tern_core::service::{Runtime, StartError, bind};
@@ -35,7 +35,7 @@ use state::AppState;
 
 /// The public API router over `state`.
 fn router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/v1/tasks", post(tasks::create))
         .route(
             "/v1/tasks/{id}",
@@ -63,23 +63,8 @@ fn router(state: AppState) -> Router {
             axum::routing::get(queues::get).put(queues::put),
         )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn(track_latency))
-        .with_state(state)
-}
-
-async fn track_latency(req: Request, next: axum::middleware::Next) -> axum::response::Response {
-    let started = std::time::Instant::now();
-    let response = next.run(req).await;
-    let class = match response.status().as_u16() {
-        200..=299 => "2xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
-    };
-    metrics::histogram!("tern_ingress_request_seconds", "class" => class)
-        .record(started.elapsed().as_secs_f64());
-    response
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    tern_core::http_metrics::instrument(router, "api").with_state(state)
 }
 
 /// A bound ingress, ready to run; tests bind port 0 and read the addresses back.
@@ -173,9 +158,12 @@ impl Ingress {
             redrive_rate: self.config.ingress.redrive_rate,
         });
         let admin = tokio::spawn(
-            axum::serve(self.admin, admin::router(admin_state))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
+            axum::serve(
+                self.admin,
+                tern_core::http_metrics::instrument(admin::router(admin_state), "admin"),
+            )
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
         );
         let ops = tokio::spawn(tern_core::ops::serve(
             self.ops,

@@ -32,6 +32,7 @@ use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::idempotent::{self, Outcome};
 use crate::state::AppState;
+use tracing::Instrument;
 
 /// The queue proxied calls run on: its policy (`PUT /v1/queues/proxy`) sets the
 /// defaults the control headers override.
@@ -65,8 +66,8 @@ struct Control {
     timeout: Option<Duration>,
     identity: Option<HeaderValue>,
     idempotency_key: Option<String>,
-    /// The job's `traceparent`: in the client's trace when it sent one.
-    traceparent: String,
+    /// The client's `traceparent`, if it sent one (the job joins its trace).
+    traceparent: Option<String>,
 }
 
 fn invalid(header: &'static str, message: impl Into<String>) -> ApiError {
@@ -227,11 +228,10 @@ fn parse_control(
         timeout,
         identity,
         idempotency_key,
-        traceparent: trace_context::for_accepted_task(
-            headers
-                .get(trace_context::HEADER)
-                .and_then(|v| v.to_str().ok()),
-        ),
+        traceparent: headers
+            .get(trace_context::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     })
 }
 
@@ -264,14 +264,34 @@ pub async fn root(state: State<AppState>, request: Request) -> Result<Response, 
     handle(state, request).await
 }
 
-/// `/v1/proxy`, any method: the method is the upstream's.
+/// `/v1/proxy`, any method: the method is the upstream's. An asynchronous call (one
+/// with a callback) is a task submission and counted as one.
 pub async fn handle(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
-    let Authenticated(tenant) = Authenticated::from_request_parts(&mut parts, &state).await?;
+    let asynchronous = parts.headers.contains_key("x-webhook-callback")
+        || parts.uri.query().is_some_and(|q| q.contains("webhook="));
+    let auth = Authenticated::from_request_parts(&mut parts, &state).await;
+    let tier = auth.as_ref().ok().map(|Authenticated(tenant)| tenant.tier);
+    let result = match auth {
+        Ok(Authenticated(tenant)) => proxy(&state, tenant, parts, body).await,
+        Err(e) => Err(e),
+    };
+    if asynchronous {
+        crate::submissions::record(tier, PROXY_QUEUE, &result);
+    }
+    result
+}
+
+async fn proxy(
+    state: &AppState,
+    tenant: std::sync::Arc<Tenant>,
+    parts: axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
-    let control = parse_control(&state, &parts.headers, &query)?;
+    let control = parse_control(state, &parts.headers, &query)?;
     let sealer = state.sealer.as_ref().ok_or_else(no_key)?;
     let body = crate::body::raw(body, state.config.ingress.max_body_bytes).await?;
 
@@ -281,7 +301,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Result<R
             ..Default::default()
         }],
         (None, Some(key)) => {
-            crate::routes::load(&state, &tenant.id, key)
+            crate::routes::load(state, &tenant.id, key)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no route {key:?} (X-Route-Key)")))?
                 .targets
@@ -300,11 +320,11 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Result<R
         callback_url: control.callback_url.clone().unwrap_or_default(),
         route_key: control.route_key.clone().unwrap_or_default(),
     };
-    let retry = policy_of(&state, &tenant, &control);
+    let retry = policy_of(state, &tenant, &control);
     if control.callback_url.is_some() {
-        accept(&state, &tenant, &control, work, retry).await
+        accept(state, &tenant, &control, work, retry).await
     } else {
-        call(&state, &tenant, work, retry).await
+        call(state, &tenant, work, retry).await
     }
 }
 
@@ -317,6 +337,7 @@ async fn accept(
     retry: RetryPolicy,
 ) -> Result<Response, ApiError> {
     let id = uuid::Uuid::now_v7().to_string();
+    let (span, traceparent) = tern_core::task_span::accept(&id, control.traceparent.as_deref());
     // What must match for a replay: the call, not its (sealed) credentials.
     let fingerprint = idempotency::fingerprint(
         &work.method,
@@ -341,32 +362,36 @@ async fn accept(
         not_before_ms: 0,
         schedule_id: String::new(),
         schedule_slot_ms: 0,
-        traceparent: control.traceparent.clone(),
+        traceparent,
         work: Some(Work::Proxy(work)),
     };
-    let (job_id, replayed) = match &control.idempotency_key {
-        None => {
-            state.acceptor.enqueue(tenant, task).await?;
-            (id, false)
-        }
-        Some(key) => {
-            let storage_key = idempotency::storage_key(&tenant.id, &format!("proxy:{key}"));
-            let window = state.config.proxy.idempotency_window.get();
-            match idempotent::submit(
-                state,
-                &storage_key,
-                &fingerprint,
-                &id,
-                Some(window),
-                || async { Ok(state.acceptor.enqueue(tenant, task).await?) },
-            )
-            .await?
-            {
-                Outcome::Accepted(()) => (id, false),
-                Outcome::Replayed(job_id) => (job_id, true),
+    let accepted = async {
+        Ok::<_, ApiError>(match &control.idempotency_key {
+            None => {
+                state.acceptor.enqueue(tenant, task).await?;
+                (id, false)
             }
-        }
+            Some(key) => {
+                let storage_key = idempotency::storage_key(&tenant.id, &format!("proxy:{key}"));
+                let window = state.config.proxy.idempotency_window.get();
+                match idempotent::submit(
+                    state,
+                    &storage_key,
+                    &fingerprint,
+                    &id,
+                    Some(window),
+                    || async { Ok(state.acceptor.enqueue(tenant, task).await?) },
+                )
+                .await?
+                {
+                    Outcome::Accepted(()) => (id, false),
+                    Outcome::Replayed(job_id) => (job_id, true),
+                }
+            }
+        })
     };
+    let (job_id, replayed) = accepted.instrument(span.clone()).await?;
+    span.in_scope(|| tracing::debug!(replayed, "proxied call accepted"));
     let status_url = crate::tasks::status_url(state, &job_id);
     let body = Accepted {
         status: "Accepted",

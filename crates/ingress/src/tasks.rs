@@ -1,21 +1,26 @@
 //! `/v1/tasks`: submit a webhook task, read its status.
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tern_core::idempotency;
 use tern_core::task_request::TaskRequest;
 use tern_core::task_store::{Change, Updated};
 use tern_core::task_view::TaskView;
+use tern_core::tenants::Tenant;
 use tern_proto::v1::TaskStatus;
+use tracing::Instrument;
 
 use crate::auth::Authenticated;
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::idempotent::{self, Outcome};
 use crate::state::AppState;
+use crate::submissions;
 
 /// Body of the 202 answer.
 #[derive(Debug, Serialize)]
@@ -34,11 +39,42 @@ pub struct Accepted {
 /// `POST /v1/tasks`
 pub async fn create(
     State(state): State<AppState>,
-    Authenticated(tenant): Authenticated,
-    headers: HeaderMap,
+    auth: Result<Authenticated, ApiError>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    // Every outcome is counted, so the rejections before the handler proper too.
+    let tenant = match auth {
+        Ok(Authenticated(tenant)) => tenant,
+        Err(e) => {
+            let rejected = Err(e);
+            submissions::record(None, "", &rejected);
+            return rejected;
+        }
+    };
+    let headers = request.headers();
+    let idempotency_key = headers.get("idempotency-key").cloned();
+    let traceparent = headers.get(tern_core::trace_context::HEADER).cloned();
+    let body = JsonBody::<TaskRequest>::from_request(request, &state).await;
+    let queue = body
+        .as_ref()
+        .map(|body| body.value.queue.clone())
+        .unwrap_or_default();
+    let result = match body {
+        Ok(body) => submit(&state, tenant.clone(), idempotency_key, traceparent, body).await,
+        Err(e) => Err(e),
+    };
+    submissions::record(Some(tenant.tier), &queue, &result);
+    result
+}
+
+async fn submit(
+    state: &AppState,
+    tenant: Arc<Tenant>,
+    idempotency_key: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
     body: JsonBody<TaskRequest>,
 ) -> Result<Response, ApiError> {
-    let idempotency_key = match headers.get("idempotency-key") {
+    let idempotency_key = match idempotency_key {
         None => None,
         Some(v) => match v.to_str() {
             Ok(k) if idempotency::is_valid_key(k) => Some(k.to_string()),
@@ -59,30 +95,38 @@ pub async fn create(
         tern_core::now_ms(),
         "",
     )?;
-    new.traceparent = tern_core::trace_context::for_accepted_task(
-        headers
-            .get(tern_core::trace_context::HEADER)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let Some(key) = idempotency_key else {
-        let id = new.id.clone();
-        let outcome = state.acceptor.accept(&tenant, new).await?;
-        return Ok(accepted(&state, &id, outcome.callback_url, false));
-    };
+    let (span, traceparent) =
+        tern_core::task_span::accept(&new.id, traceparent.as_ref().and_then(|v| v.to_str().ok()));
+    new.traceparent = traceparent;
+    async move {
+        let Some(key) = idempotency_key else {
+            let id = new.id.clone();
+            let outcome = state.acceptor.accept(&tenant, new).await?;
+            tracing::debug!("task accepted");
+            return Ok(accepted(state, &id, outcome.callback_url, false));
+        };
 
-    let storage_key = idempotency::storage_key(&tenant.id, &key);
-    let fingerprint = idempotency::fingerprint("POST", "/v1/tasks", &body.raw);
-    let id = new.id.clone();
-    let submitted = idempotent::submit(&state, &storage_key, &fingerprint, &id, None, || async {
-        Ok(state.acceptor.accept(&tenant, new).await?)
-    })
-    .await?;
-    Ok(match submitted {
-        Outcome::Accepted(outcome) => accepted(&state, &id, outcome.callback_url, false),
-        // The callback id is a secret that is never stored in clear, so a replay
-        // cannot repeat it; the first response was the only one to carry it.
-        Outcome::Replayed(task_id) => accepted(&state, &task_id, None, true),
-    })
+        let storage_key = idempotency::storage_key(&tenant.id, &key);
+        let fingerprint = idempotency::fingerprint("POST", "/v1/tasks", &body.raw);
+        let id = new.id.clone();
+        let submitted =
+            idempotent::submit(state, &storage_key, &fingerprint, &id, None, || async {
+                Ok(state.acceptor.accept(&tenant, new).await?)
+            })
+            .await?;
+        tracing::debug!(
+            replayed = matches!(submitted, Outcome::Replayed(_)),
+            "task accepted"
+        );
+        Ok(match submitted {
+            Outcome::Accepted(outcome) => accepted(state, &id, outcome.callback_url, false),
+            // The callback id is a secret that is never stored in clear, so a replay
+            // cannot repeat it; the first response was the only one to carry it.
+            Outcome::Replayed(task_id) => accepted(state, &task_id, None, true),
+        })
+    }
+    .instrument(span)
+    .await
 }
 
 fn accepted(

@@ -14,6 +14,7 @@ use tern_core::topology::{DELAYED_CONSUMER, DELAYED_STREAM};
 use tern_proto::Message;
 use tern_proto::v1::{Task, TaskStatus};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::forward::ForwardError;
 
@@ -49,11 +50,27 @@ pub async fn run(
 }
 
 async fn release(js: &jetstream::Context, tasks: &TaskStore, message: jetstream::Message) {
-    let Ok(mut task) = Task::decode(message.payload.clone()) else {
+    let Ok(task) = Task::decode(message.payload.clone()) else {
         tracing::error!(subject = %message.subject, "undecodable delayed task; dropping it");
         let _ = message.ack_with(AckKind::Term).await;
         return;
     };
+    let span = tern_core::task_span::start(
+        tern_core::task_span::Step::Release,
+        &task.id,
+        &task.traceparent,
+    );
+    release_task(js, tasks, message, task)
+        .instrument(span)
+        .await;
+}
+
+async fn release_task(
+    js: &jetstream::Context,
+    tasks: &TaskStore,
+    message: jetstream::Message,
+    mut task: Task,
+) {
     let remaining = task.not_before_ms - tern_core::now_ms();
     if remaining > HOLD_AT_MOST.as_millis() as i64 {
         // Far early (clock skew, or an early schedule): let JetStream hold it.
@@ -105,6 +122,9 @@ async fn release(js: &jetstream::Context, tasks: &TaskStore, message: jetstream:
         }
         metrics::counter!("tern_delayed_released_total").increment(1);
     }
+    let outcome = if release { "released" } else { "dropped" };
+    tracing::debug!(outcome, "due delayed task handled");
+    tern_core::task_span::record_outcome(&tracing::Span::current(), outcome, true);
     // Handled (released or cancelled): acking deletes the due copy (work queue).
     let _ = message.ack().await;
 }

@@ -28,6 +28,7 @@ use tern_proto::Message;
 use tern_proto::v1::Task;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
 use crate::fair_queue::FairQueue;
 use crate::intake::{self, Pulled};
@@ -60,13 +61,21 @@ pub fn ready_subject_for(intake_subject: &str) -> Option<String> {
 
 /// Where an intake message goes: its queue's limited subject or the open one. An
 /// undecodable task still goes to the open subject, where a worker terminates it.
-fn destination(message: &jetstream::Message, queues: &Queues) -> Option<String> {
+/// Also the span of the forward, in the task's trace.
+fn destination(message: &jetstream::Message, queues: &Queues) -> Option<(String, Span)> {
     match Task::decode(message.payload.clone()) {
-        Ok(task) => Some(tern_core::queue_limits::ready_subject_for(
-            &task,
-            queues.policy(&task.tenant_id, &task.queue).as_ref(),
+        Ok(task) => Some((
+            tern_core::queue_limits::ready_subject_for(
+                &task,
+                queues.policy(&task.tenant_id, &task.queue).as_ref(),
+            ),
+            tern_core::task_span::start(
+                tern_core::task_span::Step::Schedule,
+                &task.id,
+                &task.traceparent,
+            ),
         )),
-        Err(_) => ready_subject_for(&message.subject),
+        Err(_) => ready_subject_for(&message.subject).map(|subject| (subject, Span::none())),
     }
 }
 
@@ -109,7 +118,7 @@ pub async fn run(
             let Some((tier, _, next)) = fair.pop() else {
                 break;
             };
-            let Some(subject) = destination(&next.message, &queues) else {
+            let Some((subject, span)) = destination(&next.message, &queues) else {
                 tracing::error!(subject = %next.message.subject, "unexpected intake subject; dropping");
                 let _ = next.message.ack_with(AckKind::Term).await;
                 credit.give_back();
@@ -126,7 +135,9 @@ pub async fn run(
                 permit = in_flight.clone().acquire_owned() => permit
                     .map_err(|e| ForwardError::new(e.to_string()))?,
             };
-            forward(&shared, subject, next, permit).await;
+            forward(&shared, subject, next, permit)
+                .instrument(span)
+                .await;
         }
         if shutdown.is_cancelled() {
             break;
@@ -195,7 +206,8 @@ async fn forward(
     }
     let sent = js.send_publish(subject, publish).await;
     let tier = held.tier;
-    tokio::spawn(async move {
+    let span = Span::current();
+    let confirmed = async move {
         let result = match sent {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -207,6 +219,8 @@ async fn forward(
                 }
                 metrics::counter!("tern_scheduler_forwarded_total", "tier" => tier.as_str())
                     .increment(1);
+                tern_core::task_span::record_outcome(&Span::current(), "forwarded", true);
+                tracing::debug!("task forwarded to READY");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "READY publish failed; retrying the intake message");
@@ -214,10 +228,12 @@ async fn forward(
                     .message
                     .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
                     .await;
+                tern_core::task_span::record_outcome(&Span::current(), "retry", false);
             }
         }
         drop(permit);
-    });
+    };
+    tokio::spawn(confirmed.instrument(span));
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! It forwards accepted tasks from INTAKE to READY in fair order (tiers by weight,
 //! tenants in turn), releases delayed tasks when they fall due, fires recurring
-//! schedules, and fails await-callback tasks whose deadline passed.
+//! schedules, and fails await-callback tasks whose deadline passed. It also keeps the
+//! backlog gauges (consumer pending counts, dead letters) up to date.
 
 pub mod cron;
 pub mod delayed;
@@ -50,6 +51,11 @@ impl Scheduler {
         let ops = tokio::spawn(tern_core::ops::serve(
             self.ops,
             runtime.health(),
+            shutdown.clone(),
+        ));
+        let gauges = tokio::spawn(tern_core::backlog_gauges::run(
+            runtime.topology.js.clone(),
+            self.config.telemetry.gauge_interval.get(),
             shutdown.clone(),
         ));
         tracing::info!("scheduler forwarding intake to ready");
@@ -114,6 +120,7 @@ impl Scheduler {
         );
         let result = forwarded.and(timed).and(released);
         shutdown.cancel();
+        let _ = gauges.await;
         let _ = ops.await;
         result.map_err(|e| StartError::Failed(e.to_string()))
     }

@@ -16,6 +16,7 @@ use tern_core::topology::{TIMERS_CONSUMER, TIMERS_STREAM};
 use tern_proto::Message;
 use tern_proto::v1::{TaskStatus, Timer};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::forward::ForwardError;
 
@@ -39,18 +40,23 @@ pub async fn run(
                 let _ = message.ack_with(AckKind::Term).await;
                 return;
             };
-            match expire(js, tasks, &timer.task_id).await {
-                Ok(()) => {
-                    callbacks.finish(&timer.callback_key, &timer.task_id).await;
-                    let _ = message.ack().await;
-                }
-                Err(e) => {
-                    tracing::warn!(task_id = %timer.task_id, error = %e, "could not expire task; retrying");
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+            let span = tern_core::task_span::start(tern_core::task_span::Step::Expire, &timer.task_id, &timer.traceparent);
+            async {
+                match expire(js, tasks, &timer.task_id).await {
+                    Ok(()) => {
+                        callbacks.finish(&timer.callback_key, &timer.task_id).await;
+                        let _ = message.ack().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(task_id = %timer.task_id, error = %e, "could not expire task; retrying");
+                        let _ = message
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await;
+                    }
                 }
             }
+            .instrument(span)
+            .await
         }
     })
     .await
@@ -77,6 +83,7 @@ async fn expire(
         .await?;
     if let Updated::Written(record, _) = updated {
         metrics::counter!("tern_callbacks_total", "result" => "timeout").increment(1);
+        tern_core::task_span::record_outcome(&tracing::Span::current(), CALLBACK_TIMEOUT, false);
         tracing::info!(task_id, "await-callback task timed out");
         tern_core::notify::announce(js, tasks, &record).await;
     }
