@@ -45,6 +45,10 @@ struct Args {
     /// Fraction of deliveries the receiver fails with a 500 (retries follow).
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
+    /// The receiver answers each delivery after this many ms (a slow endpoint, so
+    /// throughput is bound by deliveries in flight rather than CPU).
+    #[arg(long, default_value_t = 0)]
+    receiver_delay_ms: u64,
     /// Give up waiting for deliveries after this many seconds without progress.
     #[arg(long, default_value_t = 60)]
     idle_timeout: u64,
@@ -90,7 +94,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let receiver = Receiver::start(args.receiver_port, args.fail_rate).await?;
+    let receiver = Receiver::start(
+        args.receiver_port,
+        args.fail_rate,
+        Duration::from_millis(args.receiver_delay_ms),
+    )
+    .await?;
     let webhook_url = format!("http://{}/hook", receiver.addr);
     let data = "x".repeat(args.payload_bytes.saturating_sub(12));
     let start_ms = tern_core::now_ms();
@@ -107,13 +116,18 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
 
     println!(
-        "tern-bench: {} tasks, {} clients, {} B payloads{}{} -> {}",
+        "tern-bench: {} tasks, {} clients, {} B payloads{}{}{} -> {}",
         args.tasks,
         args.concurrency,
         args.payload_bytes,
         args.rate.map(|r| format!(", {r}/s")).unwrap_or_default(),
         if args.fail_rate > 0.0 {
             format!(", receiver fails {:.0}%", args.fail_rate * 100.0)
+        } else {
+            String::new()
+        },
+        if args.receiver_delay_ms > 0 {
+            format!(", receiver answers after {} ms", args.receiver_delay_ms)
         } else {
             String::new()
         },

@@ -29,6 +29,7 @@ pub struct Seen {
 struct Shared {
     seen: Mutex<Seen>,
     fail_rate: f64,
+    delay: std::time::Duration,
 }
 
 /// A running receiver.
@@ -39,13 +40,19 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Binds `port` on loopback (0 = any) and serves in the background.
-    pub async fn start(port: u16, fail_rate: f64) -> anyhow::Result<Self> {
+    /// Binds `port` on loopback (0 = any) and serves in the background; every answer
+    /// waits `delay` first (a slow receiver, as real endpoints are).
+    pub async fn start(
+        port: u16,
+        fail_rate: f64,
+        delay: std::time::Duration,
+    ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             seen: Mutex::new(Seen::default()),
             fail_rate,
+            delay,
         });
         let app = Router::new().fallback(receive).with_state(shared.clone());
         tokio::spawn(async move {
@@ -85,6 +92,9 @@ async fn receive(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
     let Some(id) = task_id(&body) else {
         return StatusCode::BAD_REQUEST;
     };
+    if !shared.delay.is_zero() {
+        tokio::time::sleep(shared.delay).await;
+    }
     let fail = shared.fail_rate > 0.0 && rand::rng().random_bool(shared.fail_rate.min(1.0));
     let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
     *seen.attempts.entry(id.clone()).or_insert(0) += 1;
