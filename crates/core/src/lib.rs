@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod executor;
 pub mod idempotency;
 pub mod kv_cache;
+pub mod media_type;
 pub mod nats;
 pub mod notify;
 pub mod ops;

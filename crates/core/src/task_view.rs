@@ -66,6 +66,9 @@ pub struct TaskView {
     /// Proxied calls: where the outcome is delivered.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub callback_url: String,
+    /// Raw-body tasks: the content type their body is delivered with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
     /// When it was accepted.
     pub created_at: String,
     /// When it last changed.
@@ -170,6 +173,7 @@ impl From<&TaskRecord> for TaskView {
             },
             route_key: r.route_key.clone(),
             callback_url: r.callback_url.clone(),
+            content_type: (!r.content_type.is_empty()).then(|| r.content_type.clone()),
             created_at: rfc3339(r.created_at_ms),
             updated_at: rfc3339(r.updated_at_ms),
             scheduled_for: (r.scheduled_for_ms != 0).then(|| rfc3339(r.scheduled_for_ms)),

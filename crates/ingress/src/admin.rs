@@ -10,6 +10,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
@@ -109,25 +110,54 @@ struct DeadLetterView {
     task: Option<TaskView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<Box<RawValue>>,
+    /// A body that is not a JSON payload (a raw-body task's), base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+}
+
+/// What a dead letter delivers: a JSON payload, or bytes with their content type.
+enum Body<'a> {
+    Json(&'a [u8]),
+    Raw(&'a [u8], &'a str),
+}
+
+fn body_of(work: Option<&Work>) -> Option<Body<'_>> {
+    match work {
+        Some(Work::Webhook(w)) if w.content_type.is_empty() => Some(Body::Json(&w.payload_json)),
+        Some(Work::Webhook(w)) => Some(Body::Raw(&w.raw_body, &w.content_type)),
+        Some(Work::Notify(n)) => Some(Body::Json(&n.event_json)),
+        // A callback carries the failure payload or the upstream's answer; the
+        // proxied request itself never dies.
+        Some(Work::ProxyCallback(c)) if tern_core::media_type::is_json(&c.content_type) => {
+            Some(Body::Json(&c.body))
+        }
+        Some(Work::ProxyCallback(c)) => Some(Body::Raw(&c.body, &c.content_type)),
+        Some(Work::Proxy(_)) | None => None,
+    }
 }
 
 fn view(letter: &DeadLetter, with_payload: bool) -> DeadLetterView {
     let task = letter.task.clone().unwrap_or_default();
-    let payload = with_payload
-        .then(|| {
-            let bytes = match &task.work {
-                Some(Work::Webhook(w)) => &w.payload_json,
-                Some(Work::Notify(n)) => &n.event_json,
-                // A callback's body is shown when it is JSON (the failure payload,
-                // most upstream answers); the proxied request itself never dies.
-                Some(Work::ProxyCallback(c)) => &c.body,
-                Some(Work::Proxy(_)) | None => return None,
-            };
-            String::from_utf8(bytes.to_vec())
+    let (mut payload, mut body_base64, mut content_type) = (None, None, None);
+    let body = if with_payload {
+        body_of(task.work.as_ref())
+    } else {
+        None
+    };
+    match body {
+        Some(Body::Json(bytes)) => {
+            payload = String::from_utf8(bytes.to_vec())
                 .ok()
-                .and_then(|text| RawValue::from_string(text).ok())
-        })
-        .flatten();
+                .and_then(|text| RawValue::from_string(text).ok());
+        }
+        Some(Body::Raw(bytes, kind)) => {
+            body_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+            content_type = Some(kind.to_string());
+        }
+        None => {}
+    }
     DeadLetterView {
         task_id: task.id.clone(),
         tenant_id: task.tenant_id.clone(),
@@ -136,6 +166,8 @@ fn view(letter: &DeadLetter, with_payload: bool) -> DeadLetterView {
         reason: letter.reason.clone(),
         task: letter.record.as_ref().map(TaskView::from),
         payload,
+        body_base64,
+        content_type,
     }
 }
 

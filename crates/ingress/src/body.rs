@@ -21,16 +21,6 @@ pub struct JsonBody<T> {
     pub raw: Bytes,
 }
 
-fn is_json(content_type: &str) -> bool {
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-}
-
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
@@ -58,8 +48,10 @@ async fn read<T: DeserializeOwned>(req: Request, limit: usize) -> Result<JsonBod
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !is_json(content_type) {
-        return Err(ApiError::UnsupportedMediaType);
+    if !tern_core::media_type::is_json(content_type) {
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type must be application/json",
+        ));
     }
     let raw = raw(req.into_body(), limit).await?;
     let value = parse(&raw, "")?;
@@ -122,20 +114,4 @@ fn is_length_limit(e: &axum::Error) -> bool {
         source = err.source();
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_json;
-
-    #[test]
-    fn recognises_json_media_types() {
-        assert!(is_json("application/json"));
-        assert!(is_json("application/json; charset=utf-8"));
-        assert!(is_json("Application/JSON"));
-        assert!(is_json("application/vnd.tern+json"));
-        assert!(!is_json("text/plain"));
-        assert!(!is_json(""));
-        assert!(!is_json("application/x-www-form-urlencoded"));
-    }
 }

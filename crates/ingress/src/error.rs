@@ -41,9 +41,9 @@ pub enum ApiError {
     /// The body is larger than allowed.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
-    /// The body is not JSON.
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
+    /// The body's `Content-Type` is missing or not one the endpoint takes.
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
     /// No such resource (or not this tenant's).
     #[error("{0}")]
     NotFound(String),
@@ -85,7 +85,7 @@ impl ApiError {
             ApiError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType => {
+            ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),

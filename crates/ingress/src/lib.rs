@@ -37,6 +37,7 @@ use state::AppState;
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/tasks", post(tasks::create))
+        .route("/v1/tasks/raw", post(tasks::create_raw))
         .route(
             "/v1/tasks/{id}",
             axum::routing::get(tasks::get).delete(tasks::cancel),

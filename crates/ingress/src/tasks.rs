@@ -1,14 +1,19 @@
-//! `/v1/tasks`: submit a webhook task, read its status.
+//! `/v1/tasks`: submit a webhook task (a JSON body, or `/v1/tasks/raw` with a raw
+//! body), read its status, cancel it.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tern_core::accept::{NewTask, RawBody};
+use tern_core::duration::HumanDuration;
 use tern_core::idempotency;
+use tern_core::media_type;
 use tern_core::task_request::TaskRequest;
 use tern_core::task_store::{Change, Updated};
 use tern_core::task_view::TaskView;
+use tern_core::tenants::Tenant;
 use tern_proto::v1::TaskStatus;
 
 use crate::auth::Authenticated;
@@ -31,6 +36,20 @@ pub struct Accepted {
     pub callback_url: Option<String>,
 }
 
+/// The `Idempotency-Key` header, checked.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(k) if idempotency::is_valid_key(k) => Ok(Some(k.to_string())),
+            _ => Err(ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1-{} printable ASCII characters",
+                idempotency::MAX_KEY_LEN
+            ))),
+        },
+    }
+}
+
 /// `POST /v1/tasks`
 pub async fn create(
     State(state): State<AppState>,
@@ -38,27 +57,131 @@ pub async fn create(
     headers: HeaderMap,
     body: JsonBody<TaskRequest>,
 ) -> Result<Response, ApiError> {
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if idempotency::is_valid_key(k) => Some(k.to_string()),
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "Idempotency-Key must be 1-{} printable ASCII characters",
-                    idempotency::MAX_KEY_LEN
-                )));
-            }
-        },
-    };
+    let idempotency_key = idempotency_key(&headers)?;
     let request = body.value;
     let queue = state.queues.policy(&tenant.id, &request.queue);
-    let mut new = request.validate(
+    let new = request.validate(
         &state.rules,
         queue,
         uuid::Uuid::now_v7().to_string(),
         tern_core::now_ms(),
         "",
     )?;
+    submit(&state, &tenant, &headers, idempotency_key, new, || {
+        idempotency::fingerprint("POST", "/v1/tasks", &body.raw)
+    })
+    .await
+}
+
+/// Query of `POST /v1/tasks/raw`: the task's fields that are not its body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTaskParams {
+    /// Queue name.
+    pub queue: String,
+    /// Where to POST the body.
+    pub webhook_url: String,
+    /// Where to POST a signed event when the task ends.
+    #[serde(default)]
+    pub notify_url: Option<String>,
+    /// Dispatch no sooner than this long from now.
+    #[serde(default)]
+    pub delay: Option<String>,
+    /// Dispatch no sooner than this time (RFC 3339).
+    #[serde(default)]
+    pub not_before: Option<String>,
+}
+
+/// `POST /v1/tasks/raw?queue=…&webhook_url=…`: the request body, whatever its
+/// `Content-Type`, is the task's body, delivered as it is with that content type.
+pub async fn create_raw(
+    State(state): State<AppState>,
+    Authenticated(tenant): Authenticated,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let idempotency_key = idempotency_key(&headers)?;
+    let params = Query::<RawTaskParams>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::BadRequest(format!("query string: {}", e.body_text())))?;
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => {
+            return Err(ApiError::UnsupportedMediaType(
+                "Content-Type is required: it is sent with the body",
+            ));
+        }
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| media_type::validate(v).ok())
+            .ok_or_else(|| ApiError::InvalidHeader {
+                header: "Content-Type",
+                message:
+                    "must be a media type such as text/plain or application/xml; charset=utf-8"
+                        .into(),
+            })?
+            .to_string(),
+    };
+    let bytes = crate::body::raw(body, state.config.ingress.max_body_bytes).await?;
+    let delay = params
+        .delay
+        .as_deref()
+        .map(|d| {
+            tern_core::duration::parse(d)
+                .map(HumanDuration)
+                .map_err(|e| ApiError::Validation(format!("delay: {e}")))
+        })
+        .transpose()?;
+    // What must match for a replay: every parameter, the content type and the bytes.
+    let described = format!(
+        "/v1/tasks/raw\n{}\n{}\n{}\n{}\n{}\n{content_type}",
+        params.queue,
+        params.webhook_url,
+        params.notify_url.as_deref().unwrap_or(""),
+        params.delay.as_deref().unwrap_or(""),
+        params.not_before.as_deref().unwrap_or(""),
+    );
+    let request = TaskRequest {
+        queue: params.queue,
+        webhook_url: params.webhook_url,
+        payload: None,
+        body_base64: None,
+        content_type: None,
+        retry: None,
+        await_callback: None,
+        notify_url: params.notify_url,
+        delay,
+        not_before: params.not_before,
+    };
+    let queue = state.queues.policy(&tenant.id, &request.queue);
+    let fingerprint = idempotency::fingerprint("POST", &described, &bytes);
+    let new = request.validate_raw(
+        &state.rules,
+        queue,
+        uuid::Uuid::now_v7().to_string(),
+        tern_core::now_ms(),
+        RawBody {
+            bytes,
+            content_type,
+        },
+    )?;
+    submit(&state, &tenant, &headers, idempotency_key, new, || {
+        fingerprint
+    })
+    .await
+}
+
+/// Accepts `new` (under the idempotency key, if any): the 202, or a replay of the
+/// first one.
+async fn submit(
+    state: &AppState,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    idempotency_key: Option<String>,
+    mut new: NewTask,
+    fingerprint: impl FnOnce() -> Vec<u8>,
+) -> Result<Response, ApiError> {
     new.traceparent = tern_core::trace_context::for_accepted_task(
         headers
             .get(tern_core::trace_context::HEADER)
@@ -66,22 +189,22 @@ pub async fn create(
     );
     let Some(key) = idempotency_key else {
         let id = new.id.clone();
-        let outcome = state.acceptor.accept(&tenant, new).await?;
-        return Ok(accepted(&state, &id, outcome.callback_url, false));
+        let outcome = state.acceptor.accept(tenant, new).await?;
+        return Ok(accepted(state, &id, outcome.callback_url, false));
     };
 
     let storage_key = idempotency::storage_key(&tenant.id, &key);
-    let fingerprint = idempotency::fingerprint("POST", "/v1/tasks", &body.raw);
+    let fingerprint = fingerprint();
     let id = new.id.clone();
-    let submitted = idempotent::submit(&state, &storage_key, &fingerprint, &id, None, || async {
-        Ok(state.acceptor.accept(&tenant, new).await?)
+    let submitted = idempotent::submit(state, &storage_key, &fingerprint, &id, None, || async {
+        Ok(state.acceptor.accept(tenant, new).await?)
     })
     .await?;
     Ok(match submitted {
-        Outcome::Accepted(outcome) => accepted(&state, &id, outcome.callback_url, false),
+        Outcome::Accepted(outcome) => accepted(state, &id, outcome.callback_url, false),
         // The callback id is a secret that is never stored in clear, so a replay
         // cannot repeat it; the first response was the only one to carry it.
-        Outcome::Replayed(task_id) => accepted(&state, &task_id, None, true),
+        Outcome::Replayed(task_id) => accepted(state, &task_id, None, true),
     })
 }
 
