@@ -20,7 +20,7 @@ use crate::url_guard::UrlGuard;
 use tern_proto::v1::QueuePolicy;
 
 /// Body of `POST /v1/tasks` (and the `task` of a schedule).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     /// Queue name: 1-64 of `A-Z a-z 0-9 _ -`.
@@ -29,10 +29,12 @@ pub struct TaskRequest {
     pub webhook_url: String,
     /// Any JSON value, delivered byte for byte inside the webhook envelope.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Box<RawValue>>,
     /// Instead of `payload`: bytes (standard base64) delivered as they are, without
     /// the envelope, with `content_type`.
     #[serde(default)]
+    #[schema(content_encoding = "base64")]
     pub body_base64: Option<String>,
     /// The media type of `body_base64` (required with it).
     #[serde(default)]
@@ -51,6 +53,7 @@ pub struct TaskRequest {
     pub delay: Option<HumanDuration>,
     /// Dispatch no sooner than this time (RFC 3339).
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub not_before: Option<String>,
 }
 
@@ -60,7 +63,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::
 }
 
 /// `"await_callback": {"timeout": "1h"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AwaitCallback {
     /// How long the provider has to call back (1 s to 30 days).

@@ -46,11 +46,12 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 /// A task as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskView {
     /// Task id (UUIDv7).
     pub task_id: String,
     /// Lifecycle state.
+    #[schema(value_type = String, example = "queued")]
     pub status: &'static str,
     /// Queue name.
     pub queue: String,
@@ -96,7 +97,7 @@ pub struct TaskView {
 }
 
 /// One attempt as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     /// 1 for the first attempt.
     pub number: u32,
@@ -109,6 +110,7 @@ pub struct AttemptView {
     pub status_code: Option<u32>,
     /// What went wrong before a response, when nothing came back.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "timeout")]
     pub error: Option<&'static str>,
     /// The start of the response body, or the error's description.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -122,7 +124,7 @@ pub struct AttemptView {
 }
 
 /// The result of a finished task.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResultView {
     /// HTTP status of the response that completed the task.
     #[serde(rename = "statusCode")]

@@ -70,11 +70,6 @@ pub fn parse<T: DeserializeOwned>(raw: &[u8], prefix: &str) -> Result<T, ApiErro
     Ok(value)
 }
 
-/// Reads `T` from part of a body already parsed as JSON, with the same errors.
-pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| shape_error(e, ""))
-}
-
 /// The path tells the client which field is wrong ("retry.max_retries: …").
 fn shape_error(e: serde_path_to_error::Error<serde_json::Error>, prefix: &str) -> ApiError {
     let path = e.path().to_string();

@@ -29,7 +29,7 @@ use tern_core::trace_context;
 use tern_proto::v1::{ProxyTarget, ProxyWork, RetryPolicy, Task, task::Work};
 
 use crate::auth::Authenticated;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::idempotent::{self, Outcome};
 use crate::state::AppState;
 
@@ -48,11 +48,62 @@ pub(crate) fn no_key() -> ApiError {
 }
 
 /// Body of the 202 answer of an async proxied call.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ProxyAccepted)]
 struct Accepted<'a> {
+    /// Always `Accepted`.
+    #[schema(value_type = String, example = "Accepted")]
     status: &'static str,
+    /// The job's task id.
+    #[schema(value_type = String)]
     job_id: &'a str,
+    /// Where to poll the job.
     status_url: String,
+}
+
+/// The control headers of a proxied call (every other header goes to the upstream).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read by `parse_control`; this type only describes them
+struct ProxyHeaders {
+    /// The upstream URL (or give `X-Route-Key`).
+    #[param(rename = "X-Target-URL", format = "uri")]
+    target_url: Option<String>,
+    /// A route's key instead of `X-Target-URL`.
+    #[param(rename = "X-Route-Key", pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    route_key: Option<String>,
+    /// Async mode: where the outcome is delivered.
+    #[param(rename = "X-Webhook-Callback", format = "uri")]
+    webhook_callback: Option<String>,
+    /// Retries after the first attempt round (0-100).
+    #[param(rename = "X-Retry-Count", pattern = r"^[0-9]{1,3}$")]
+    retry_count: Option<String>,
+    /// First retry delay (0-1d): `"500ms"`, `"1s"`, `"5m"` or integer seconds.
+    #[param(rename = "X-Retry-Delay", pattern = r"^[0-9]+(ms|s|m|h|d)?$")]
+    retry_delay: Option<String>,
+    /// Timeout of each upstream call (100ms-1h).
+    #[param(rename = "X-Proxy-Timeout", pattern = r"^[0-9]+(ms|s|m|h|d)?$")]
+    proxy_timeout: Option<String>,
+    /// Sent upstream as `Authorization`; sealed at rest, never shown (at most 8 KiB).
+    #[param(rename = "X-Identity-Key", max_length = 8192)]
+    identity_key: Option<String>,
+    /// Async mode: the same key within `proxy.idempotency_window` and the same call
+    /// return the first job.
+    #[param(rename = "X-Proxy-Idempotency-Key", pattern = r"^[!-~]{1,255}$")]
+    idempotency_key: Option<String>,
+    /// W3C trace context: the job joins the client's trace.
+    #[param(rename = "traceparent")]
+    traceparent: Option<String>,
+}
+
+/// The query of a proxied call.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read by `parse_control`; this type only describes it
+struct ProxyQuery {
+    /// Like `X-Webhook-Callback`.
+    #[param(format = "uri")]
+    webhook: Option<String>,
 }
 
 /// The control headers of one request, validated.
@@ -256,6 +307,31 @@ fn policy_of(state: &AppState, tenant: &Tenant, control: &Control) -> RetryPolic
 }
 
 /// `/` answers proxied calls only; anything else there is an unknown route.
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/",
+    tag = "proxy",
+    summary = "A proxied call (with X-Target-URL or X-Route-Key; any method)",
+    description = "The same as `/v1/proxy`; without X-Target-URL or X-Route-Key it is `404`.",
+    params(ProxyHeaders, ProxyQuery),
+    request_body(description = "Sent to the upstream as it is (any Content-Type, or none)", content(
+        (Object = "application/json"),
+        ([u8] = "application/octet-stream"),
+    )),
+    responses(
+        (status = 202, description = "Async mode (X-Webhook-Callback): the job was accepted; its outcome goes to the callback", body = Accepted, headers(
+            ("Location" = String, description = "The job's status URL"),
+            ("Idempotent-Replayed" = String, description = "`true` for a replay of an X-Proxy-Idempotency-Key"),
+        )),
+        (status = 400, description = "A control header (or `webhook`) is malformed or out of bounds; the message names it", body = ErrorBody),
+        (status = 404, description = "No route with this X-Route-Key", body = ErrorBody),
+        (status = 409, description = "X-Proxy-Idempotency-Key used for a different call, or still in progress", body = ErrorBody),
+        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
+        (status = 502, description = "Sync mode: no upstream answered", body = ErrorBody),
+        (status = 504, description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed", body = ErrorBody),
+        (status = "default", description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`"),
+    ),
+)]
 pub async fn root(state: State<AppState>, request: Request) -> Result<Response, ApiError> {
     let headers = request.headers();
     if !headers.contains_key("x-target-url") && !headers.contains_key("x-route-key") {
@@ -265,6 +341,31 @@ pub async fn root(state: State<AppState>, request: Request) -> Result<Response, 
 }
 
 /// `/v1/proxy`, any method: the method is the upstream's.
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/v1/proxy",
+    tag = "proxy",
+    summary = "A proxied call (any method: it is the upstream's)",
+    description = "With X-Webhook-Callback (or `?webhook=`) the call becomes a job: `202` at once, the outcome is POSTed to the callback. Without, Tern makes the call with the same retries and answers with the upstream's response.",
+    params(ProxyHeaders, ProxyQuery),
+    request_body(description = "Sent to the upstream as it is (any Content-Type, or none)", content(
+        (Object = "application/json"),
+        ([u8] = "application/octet-stream"),
+    )),
+    responses(
+        (status = 202, description = "Async mode (X-Webhook-Callback): the job was accepted; its outcome goes to the callback", body = Accepted, headers(
+            ("Location" = String, description = "The job's status URL"),
+            ("Idempotent-Replayed" = String, description = "`true` for a replay of an X-Proxy-Idempotency-Key"),
+        )),
+        (status = 400, description = "A control header (or `webhook`) is malformed or out of bounds; the message names it", body = ErrorBody),
+        (status = 404, description = "No route with this X-Route-Key", body = ErrorBody),
+        (status = 409, description = "X-Proxy-Idempotency-Key used for a different call, or still in progress", body = ErrorBody),
+        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
+        (status = 502, description = "Sync mode: no upstream answered", body = ErrorBody),
+        (status = 504, description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed", body = ErrorBody),
+        (status = "default", description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`"),
+    ),
+)]
 pub async fn handle(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
     let Authenticated(tenant) = Authenticated::from_request_parts(&mut parts, &state).await?;

@@ -18,16 +18,19 @@ use tern_proto::v1::TaskStatus;
 
 use crate::auth::Authenticated;
 use crate::body::JsonBody;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::idempotent::{self, Outcome};
+use crate::openapi::{IdempotencyKeyHeader, TraceparentHeader};
 use crate::state::AppState;
 
 /// Body of the 202 answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = TaskAccepted)]
 pub struct Accepted {
     /// The new task's id.
     pub task_id: String,
     /// Always `queued` at acceptance.
+    #[schema(value_type = String, example = "queued")]
     pub status: &'static str,
     /// Where to poll the task.
     pub status_url: String,
@@ -51,6 +54,26 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// `POST /v1/tasks`
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    tag = "tasks",
+    summary = "Submit a webhook task",
+    description = "Accepted (202) only after JetStream stored the task. The body carries a JSON `payload` (delivered inside the envelope `{\"task_id\",\"queue\",\"payload\",\"attempt\"}`) or `body_base64` + `content_type` (delivered as they are).",
+    params(IdempotencyKeyHeader, TraceparentHeader),
+    request_body(content = TaskRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted (or replayed, with `Idempotent-Replayed: true`)", body = Accepted, headers(
+            ("Location" = String, description = "The task's status URL"),
+            ("Idempotent-Replayed" = String, description = "`true` when an earlier request with this Idempotency-Key is replayed"),
+        )),
+        (status = 400, description = "Malformed JSON or Idempotency-Key", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key used with a different request, or still in progress", body = ErrorBody),
+        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid; the message names it", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
@@ -74,26 +97,56 @@ pub async fn create(
 }
 
 /// Query of `POST /v1/tasks/raw`: the task's fields that are not its body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RawTaskParams {
-    /// Queue name.
+    /// Queue name: 1-64 of `A-Z a-z 0-9 _ -`.
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub queue: String,
     /// Where to POST the body.
+    #[param(format = "uri")]
     pub webhook_url: String,
     /// Where to POST a signed event when the task ends.
     #[serde(default)]
+    #[param(format = "uri")]
     pub notify_url: Option<String>,
-    /// Dispatch no sooner than this long from now.
+    /// Dispatch no sooner than this long from now (`"30s"`, `"5m"`, integer seconds).
+    #[param(pattern = r"^[0-9]+(ms|s|m|h|d)?$")]
     #[serde(default)]
     pub delay: Option<String>,
     /// Dispatch no sooner than this time (RFC 3339).
     #[serde(default)]
+    #[param(format = DateTime)]
     pub not_before: Option<String>,
 }
 
 /// `POST /v1/tasks/raw?queue=…&webhook_url=…`: the request body, whatever its
 /// `Content-Type`, is the task's body, delivered as it is with that content type.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/raw",
+    tag = "tasks",
+    summary = "Submit a webhook task with a raw body",
+    description = "The request body, of any Content-Type (JSON included), is delivered unchanged with that Content-Type and no envelope, signed over its bytes.",
+    params(RawTaskParams, IdempotencyKeyHeader, TraceparentHeader),
+    request_body(description = "The bytes to deliver", content(
+        ([u8] = "application/octet-stream"),
+        (String = "text/plain"),
+        (String = "application/xml"),
+    )),
+    responses(
+        (status = 202, description = "Accepted (or replayed, with `Idempotent-Replayed: true`)", body = Accepted, headers(
+            ("Location" = String, description = "The task's status URL"),
+            ("Idempotent-Replayed" = String, description = "`true` when an earlier request with this Idempotency-Key is replayed"),
+        )),
+        (status = 400, description = "Missing or unknown query parameter, malformed Content-Type or Idempotency-Key", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key used with a different request, or still in progress", body = ErrorBody),
+        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "No Content-Type", body = ErrorBody),
+        (status = 422, description = "A parameter is invalid; the message names it", body = ErrorBody),
+    ),
+)]
 pub async fn create_raw(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
@@ -252,6 +305,18 @@ pub(crate) fn accepted_response(
 }
 
 /// `DELETE /v1/tasks/{id}`: cancels a task that has not started (queued or scheduled).
+#[utoipa::path(
+    delete,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    summary = "Cancel a queued or scheduled task",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task, now `cancelled`", body = TaskView),
+        (status = 404, description = "No such task (of this tenant)", body = ErrorBody),
+        (status = 409, description = "The task has started or ended", body = ErrorBody),
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
@@ -296,6 +361,17 @@ pub async fn cancel(
 }
 
 /// `GET /v1/tasks/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    summary = "Read a task's status",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 404, description = "No such task (of this tenant)", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
