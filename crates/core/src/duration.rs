@@ -203,3 +203,40 @@ mod tests {
         assert!(serde_json::from_str::<HumanDuration>("true").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(input in any::<String>()) {
+            let _ = parse(&input);
+        }
+
+        #[test]
+        fn formatted_durations_parse_back(ms in 0u64..=u64::MAX / 1000) {
+            let d = Duration::from_millis(ms);
+            prop_assert_eq!(parse(&format(d)), Ok(d));
+        }
+
+        #[test]
+        fn every_unit_means_what_it_says(n in 0u64..1_000_000, unit in prop::sample::select(vec![
+            ("ms", 1u64), ("s", 1_000), ("", 1_000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000),
+        ])) {
+            let (suffix, ms) = unit;
+            prop_assert_eq!(parse(&format!(" {n}{suffix} ")), Ok(Duration::from_millis(n * ms)));
+        }
+
+        #[test]
+        fn what_is_not_digits_and_a_unit_is_refused(
+            digits in "[0-9]{0,5}",
+            unit in "[a-zA-Z]{1,3}",
+        ) {
+            prop_assume!(!["ms", "s", "m", "h", "d"].contains(&unit.as_str()));
+            let input = format!("{digits}{unit}");
+            prop_assert!(parse(&input).is_err());
+        }
+    }
+}

@@ -26,6 +26,7 @@ use tern_core::retry::{self, Receiver, Step};
 use tern_core::round;
 use tern_core::tenants::Tenant;
 use tern_core::trace_context;
+use tern_core::url_guard::UrlGuard;
 use tern_proto::v1::{ProxyTarget, ProxyWork, RetryPolicy, Task, task::Work};
 
 use crate::auth::Authenticated;
@@ -169,16 +170,16 @@ fn bounded_duration(
     Ok(Some(value))
 }
 
+/// The control headers (and `?webhook=`) of a request, checked against `guard` and
+/// the longest accepted URL; nothing else of the request is read.
 fn parse_control(
-    state: &AppState,
+    guard: &UrlGuard,
+    max_url: usize,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<Control, ApiError> {
-    let max_url = state.config.ingress.max_url_len;
     let url = |name: &'static str, raw: &str| -> Result<String, ApiError> {
-        state
-            .rules
-            .guard
+        guard
             .validate_url(raw, max_url)
             .map(|_| raw.to_string())
             .map_err(|e| invalid(name, e.to_string()))
@@ -372,7 +373,12 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Result<R
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
-    let control = parse_control(&state, &parts.headers, &query)?;
+    let control = parse_control(
+        &state.rules.guard,
+        state.config.ingress.max_url_len,
+        &parts.headers,
+        &query,
+    )?;
     let sealer = state.sealer.as_ref().ok_or_else(no_key)?;
     let body = crate::body::raw(body, state.config.ingress.max_body_bytes).await?;
 
@@ -574,4 +580,105 @@ fn relay(result: &AttemptResult, rounds: u32) -> Response {
         response.headers_mut().insert("x-tern-attempts", value);
     }
     response
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use axum::http::HeaderName;
+    use proptest::prelude::*;
+
+    const CONTROL: [&str; 8] = [
+        "X-Target-URL",
+        "X-Route-Key",
+        "X-Webhook-Callback",
+        "X-Retry-Count",
+        "X-Retry-Delay",
+        "X-Proxy-Timeout",
+        "X-Identity-Key",
+        "X-Proxy-Idempotency-Key",
+    ];
+
+    fn guard() -> UrlGuard {
+        UrlGuard::new(vec!["127.0.0.0/8".parse().unwrap()])
+    }
+
+    /// Control headers with arbitrary bytes (as far as HTTP carries them), repeated
+    /// or not, and an arbitrary `?webhook=`.
+    fn headers() -> impl Strategy<Value = HeaderMap> {
+        prop::collection::vec(
+            (
+                prop::sample::select(CONTROL.to_vec()),
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..40),
+                    "(https?://127\\.0\\.0\\.1(:[0-9]{1,5})?/[a-z]{0,5}|[0-9]{1,4}|[0-9]{1,6}(ms|s|m|h|d)?|[A-Za-z0-9_-]{1,70})"
+                        .prop_map(String::into_bytes),
+                ],
+            ),
+            0..6,
+        )
+        .prop_map(|pairs| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                if let Ok(value) = HeaderValue::from_bytes(&value) {
+                    map.append(HeaderName::from_static(lower(name)), value);
+                }
+            }
+            map
+        })
+    }
+
+    fn lower(name: &str) -> &'static str {
+        match name {
+            "X-Target-URL" => "x-target-url",
+            "X-Route-Key" => "x-route-key",
+            "X-Webhook-Callback" => "x-webhook-callback",
+            "X-Retry-Count" => "x-retry-count",
+            "X-Retry-Delay" => "x-retry-delay",
+            "X-Proxy-Timeout" => "x-proxy-timeout",
+            "X-Identity-Key" => "x-identity-key",
+            _ => "x-proxy-idempotency-key",
+        }
+    }
+
+    proptest! {
+        /// Any control headers are accepted within their bounds or refused with a
+        /// 400 naming one of them; never a panic.
+        #[test]
+        fn control_headers_are_bounded_or_refused(
+            headers in headers(),
+            webhook in prop::option::of(any::<String>()),
+        ) {
+            let query: HashMap<String, String> =
+                webhook.into_iter().map(|w| ("webhook".to_string(), w)).collect();
+            match parse_control(&guard(), 2048, &headers, &query) {
+                Ok(control) => {
+                    prop_assert!(control.target_url.is_some() != control.route_key.is_some());
+                    prop_assert!(control.retries.is_none_or(|n| n <= policy::MAX_RETRIES));
+                    let (low, high) = policy::TIMEOUT;
+                    prop_assert!(control.timeout.is_none_or(|t| t >= low && t <= high));
+                    prop_assert!(control.delay.is_none_or(|d| d <= policy::INITIAL_DELAY.1));
+                }
+                Err(ApiError::InvalidHeader { header, .. }) => {
+                    prop_assert!(CONTROL.contains(&header), "{header}");
+                }
+                Err(ApiError::BadRequest(message)) => {
+                    prop_assert!(message.starts_with("query parameter webhook"), "{message}");
+                }
+                Err(other) => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+
+        /// Values in bounds come through as given.
+        #[test]
+        fn values_in_bounds_are_taken(retries in 0..=policy::MAX_RETRIES, timeout_ms in 100u64..=3_600_000) {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-target-url", HeaderValue::from_static("http://127.0.0.1:9/x"));
+            headers.insert("x-retry-count", HeaderValue::from(retries));
+            headers.insert("x-proxy-timeout", HeaderValue::from_str(&format!("{timeout_ms}ms")).unwrap());
+            let control = parse_control(&guard(), 2048, &headers, &HashMap::new()).unwrap();
+            prop_assert_eq!(control.retries, Some(retries));
+            prop_assert_eq!(control.timeout, Some(Duration::from_millis(timeout_ms)));
+        }
+    }
 }
