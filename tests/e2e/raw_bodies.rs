@@ -45,6 +45,17 @@ async fn post_raw(
     request.send().await.expect("raw task request")
 }
 
+/// A raw-body request and the error it must get: name, query, content type, body,
+/// status, error code.
+type RawCase<'a> = (
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Option<&'a str>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 fn assert_signed_by_acme(delivery: &tern_tests::Received) {
     let verifier = Verifier::new(vec![SigningSecret::parse(ACME.secret).unwrap()]);
     verifier
@@ -288,7 +299,7 @@ async fn bad_raw_bodies_get_json_errors_and_leave_nothing_behind() {
     }
 
     let good = [("queue", "q"), ("webhook_url", url.as_str())];
-    let raw_cases: [(&str, Vec<(&str, &str)>, Option<&str>, Vec<u8>, u16, &str); 8] = [
+    let raw_cases: [RawCase; 8] = [
         (
             "no content type",
             good.to_vec(),
