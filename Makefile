@@ -9,7 +9,7 @@ CARGO ?= cargo
 # Extra arguments for tern-bench, e.g. make bench BENCH_ARGS='--tasks 100000 --concurrency 256'
 BENCH_ARGS ?=
 
-.PHONY: help tools build run test bench bench-scaling deploy-check fmt lint clean distclean
+.PHONY: help tools build run test api-fuzz bench bench-scaling deploy-check fmt lint clean distclean
 
 help: ## List the targets
 	@echo "Tern developer tasks:"
@@ -28,7 +28,7 @@ build: ## Build every binary (release, as `make run` uses)
 run: ## Start NATS + all services + a webhook receiver; print a curl; Ctrl-C stops
 	@scripts/run.sh
 
-test: ## Run every test (unit, integration against real nats-server, doc tests)
+test: ## Run every test (unit, integration against real nats-server, doc tests, API fuzzing)
 	@TERN_NATS_SERVER="$$(scripts/nats-server.sh)"; \
 	export TERN_NATS_SERVER; \
 	echo "TERN_NATS_SERVER=$$TERN_NATS_SERVER"; \
@@ -37,7 +37,11 @@ test: ## Run every test (unit, integration against real nats-server, doc tests)
 		$(CARGO) test --workspace --doc; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
-	fi
+	fi; \
+	scripts/schemathesis.sh
+
+api-fuzz: ## Fuzz the public and admin APIs with schemathesis (part of make test)
+	@TERN_NATS_SERVER="$$(scripts/nats-server.sh)" scripts/schemathesis.sh
 
 bench: ## Run every benchmark (scripts/bench-suite.sh), or tern-bench with BENCH_ARGS
 	@if [ -n "$(BENCH_ARGS)" ]; then scripts/bench.sh $(BENCH_ARGS); else scripts/bench-suite.sh; fi

@@ -7,7 +7,7 @@
 #
 #   source scripts/lib.sh
 #   tern_install_traps                 # stop children on exit
-#   tern_build                         # cargo build --release --bins
+#   tern_build                         # cargo build --release --bins (TERN_PROFILE)
 #   tern_start_system --store .tern/nats --logs .tern/logs [--receiver] [--fresh]
 #   ... use the system ...
 #   (exit: everything is stopped, NATS last)
@@ -21,6 +21,7 @@
 #   TERN_SKIP_BUILD=1    use the binaries already built
 #   TERN_WORKERS         delivery-worker processes to start (1); the extra ones
 #                        serve their ops endpoints on 127.0.0.1:9180, 9181, ...
+#   TERN_PROFILE         cargo profile of the binaries     (release; dev for tests)
 #   CARGO_TARGET_DIR     where cargo puts target/          (./target)
 # The services read `--config <file>` plus TERN_<SECTION>__<KEY> overrides from the
 # environment; those overrides are honoured here too when working out ports.
@@ -39,7 +40,13 @@ TERN_DEV_API_KEY="tern_dev_local_key_not_for_production"
 
 TERN_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 [[ "$TERN_TARGET_DIR" == /* ]] || TERN_TARGET_DIR="$TERN_ROOT/$TERN_TARGET_DIR"
-TERN_BIN_DIR="$TERN_TARGET_DIR/release"
+TERN_PROFILE="${TERN_PROFILE:-release}"
+# cargo's `dev` profile builds into target/debug.
+if [[ "$TERN_PROFILE" == dev ]]; then
+    TERN_BIN_DIR="$TERN_TARGET_DIR/debug"
+else
+    TERN_BIN_DIR="$TERN_TARGET_DIR/$TERN_PROFILE"
+fi
 
 # service name | binary | config section holding ops_listen
 TERN_SERVICES=(
@@ -408,8 +415,13 @@ tern_build() {
         tern_say "TERN_SKIP_BUILD=1: using the binaries in ${TERN_BIN_DIR#"$TERN_ROOT"/}"
     else
         command -v cargo >/dev/null 2>&1 || tern_die "cargo is not on PATH (install Rust: https://rustup.rs)"
-        tern_say "cargo build --release --bins"
-        cargo build --release --bins
+        if [[ "$TERN_PROFILE" == release ]]; then
+            tern_say "cargo build --release --bins"
+            cargo build --release --bins
+        else
+            tern_say "cargo build --profile $TERN_PROFILE --bins"
+            cargo build --profile "$TERN_PROFILE" --bins
+        fi
     fi
     local entry bin
     for entry in "${TERN_SERVICES[@]}"; do

@@ -415,7 +415,7 @@ async fn schedule_endpoints_refuse_bad_input_and_store_nothing() {
     missing_payload.as_object_mut().unwrap().remove("payload");
     cases.push((
         json!({"cron": "* * * * *", "task": missing_payload}),
-        "task: missing field `payload`".to_string(),
+        "task.payload: required".to_string(),
     ));
     for (body, field) in &cases {
         let (code, error) = system

@@ -33,8 +33,10 @@ pub struct NewTask {
     pub queue: String,
     /// Webhook URL (validated).
     pub webhook_url: String,
-    /// Payload JSON text, exactly as the client sent it.
+    /// Payload JSON text, exactly as the client sent it (empty for a raw body).
     pub payload_json: String,
+    /// A raw body, delivered as it is instead of the JSON envelope.
+    pub raw_body: Option<RawBody>,
     /// The effective retry policy.
     pub retry: RetryPolicy,
     /// For await-callback tasks: how long the provider has to call back.
@@ -51,6 +53,15 @@ pub struct NewTask {
     pub schedule_slot_ms: i64,
     /// W3C `traceparent` of the accepting span (see [`crate::trace_context`]).
     pub traceparent: String,
+}
+
+/// Bytes a task delivers as they are, with their own content type.
+#[derive(Debug, Clone)]
+pub struct RawBody {
+    /// The body.
+    pub bytes: bytes::Bytes,
+    /// Its media type (validated), sent as `Content-Type`.
+    pub content_type: String,
 }
 
 /// What the client is told about an accepted task besides its id.
@@ -213,6 +224,8 @@ impl Acceptor {
                 )
                 .await
                 .map_err(|e| AcceptError::Unavailable(e.to_string()))?;
+            // A raw body is delivered unchanged; its receiver finds the URL in the
+            // X-Tern-Callback-Url header.
             new.payload_json = new.payload_json.replace("{{callback_url}}", &url);
             callback_deadline_ms = crate::now_ms() + timeout.as_millis() as i64;
             accepted.callback_url = Some(url);
@@ -235,6 +248,12 @@ impl Acceptor {
                 url: new.webhook_url,
                 payload_json: new.payload_json.into_bytes().into(),
                 callback_url: accepted.callback_url.clone().unwrap_or_default(),
+                raw_body: new
+                    .raw_body
+                    .as_ref()
+                    .map(|r| r.bytes.clone())
+                    .unwrap_or_default(),
+                content_type: new.raw_body.map(|r| r.content_type).unwrap_or_default(),
             })),
         };
         Ok((task, accepted))

@@ -42,7 +42,7 @@ pub fn key_of(id: &str) -> String {
 
 /// What may be logged about a callback: the first 8 characters of its hash.
 pub fn log_tag(key: &str) -> &str {
-    &key[..key.len().min(8)]
+    key.get(..8).unwrap_or(key)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -152,5 +152,43 @@ mod tests {
         assert_ne!(key, id);
         assert_eq!(key, key_of(&id.to_uppercase()));
         assert_eq!(log_tag(&key).len(), 8);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives in the callback URL's path is checked and hashed, never
+        /// a panic; only 64 hex characters are an id.
+        #[test]
+        fn any_path_segment_is_checked_safely(input in any::<String>()) {
+            let well_formed = is_well_formed(&input);
+            prop_assert_eq!(
+                well_formed,
+                input.len() == ID_LEN && input.chars().all(|c| c.is_ascii_hexdigit())
+            );
+            let key = key_of(&input);
+            prop_assert_eq!(key.len(), 64);
+            prop_assert_eq!(log_tag(&key).len(), 8);
+            let _ = log_tag(&input);
+        }
+
+        /// The id is case-insensitive: providers may upper-case hex.
+        #[test]
+        fn ids_hash_the_same_in_either_case(bytes in any::<[u8; 32]>()) {
+            let id = hex::encode(bytes);
+            prop_assert!(is_well_formed(&id));
+            prop_assert_eq!(key_of(&id), key_of(&id.to_ascii_uppercase()));
+        }
+    }
+
+    #[test]
+    fn fresh_ids_are_well_formed_and_distinct() {
+        let (a, b) = (new_id(), new_id());
+        assert!(is_well_formed(&a) && is_well_formed(&b));
+        assert_ne!(a, b);
     }
 }

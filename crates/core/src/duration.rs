@@ -93,6 +93,30 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+impl utoipa::PartialSchema for HumanDuration {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .description(Some(
+                "A duration: \"500ms\", \"30s\", \"5m\", \"1h\", \"2d\", or integer seconds.",
+            ))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^\s*[0-9]+\s*(ms|s|m|h|d)?\s*$"))
+                    .examples(["30s"]),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for HumanDuration {}
+
 impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format(self.0))
@@ -177,5 +201,42 @@ mod tests {
         assert!(serde_json::from_str::<HumanDuration>("-3").is_err());
         assert!(serde_json::from_str::<HumanDuration>("1.5").is_err());
         assert!(serde_json::from_str::<HumanDuration>("true").is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(input in any::<String>()) {
+            let _ = parse(&input);
+        }
+
+        #[test]
+        fn formatted_durations_parse_back(ms in 0u64..=u64::MAX / 1000) {
+            let d = Duration::from_millis(ms);
+            prop_assert_eq!(parse(&format(d)), Ok(d));
+        }
+
+        #[test]
+        fn every_unit_means_what_it_says(n in 0u64..1_000_000, unit in prop::sample::select(vec![
+            ("ms", 1u64), ("s", 1_000), ("", 1_000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000),
+        ])) {
+            let (suffix, ms) = unit;
+            prop_assert_eq!(parse(&format!(" {n}{suffix} ")), Ok(Duration::from_millis(n * ms)));
+        }
+
+        #[test]
+        fn what_is_not_digits_and_a_unit_is_refused(
+            digits in "[0-9]{0,5}",
+            unit in "[a-zA-Z]{1,3}",
+        ) {
+            prop_assume!(!["ms", "s", "m", "h", "d"].contains(&unit.as_str()));
+            let input = format!("{digits}{unit}");
+            prop_assert!(parse(&input).is_err());
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod executor;
 pub mod http_metrics;
 pub mod idempotency;
 pub mod kv_cache;
+pub mod media_type;
 pub mod nats;
 pub mod notify;
 pub mod ops;

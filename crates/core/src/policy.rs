@@ -33,7 +33,7 @@ pub struct PolicyError {
 }
 
 /// Backoff spelled as the API spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackoffName {
     /// 1s, 2s, 4s … with full jitter.
@@ -43,7 +43,7 @@ pub enum BackoffName {
 }
 
 /// Optional retry settings, as a queue policy or a task's `retry` object carries them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryOverrides {
     /// Retries after the first attempt.
@@ -181,7 +181,7 @@ pub fn validate_merged(policy: &RetryPolicy, prefix: &str) -> Result<(), PolicyE
 }
 
 /// A policy as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PolicyView {
     /// Retries after the first attempt.
     pub max_retries: u32,

@@ -435,3 +435,88 @@ mod tests {
         assert_eq!(json["errors"][0]["error"], "timeout: timed out");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Header names clients send, Tern's own among them, in any case.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(
+                CONTROL_HEADERS
+                    .iter()
+                    .chain(HOP_BY_HOP)
+                    .chain(&["authorization", "x-tern-job-id", "content-type", "x-custom"])
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+            ),
+            "[a-z][a-z0-9-]{0,12}",
+        ]
+        .prop_flat_map(|n| {
+            prop::collection::vec(any::<bool>(), n.len()).prop_map(move |upper| {
+                n.chars()
+                    .zip(upper)
+                    .map(|(c, u)| if u { c.to_ascii_uppercase() } else { c })
+                    .collect()
+            })
+        })
+    }
+
+    proptest! {
+        /// Nothing Tern reads or owns, and no hop-by-hop header (also those the
+        /// client's `Connection` lists), travels upstream; everything else does.
+        #[test]
+        fn only_end_to_end_headers_are_forwarded(
+            pairs in prop::collection::vec((name(), prop::collection::vec(any::<u8>(), 0..20)), 0..12),
+            connection in prop::collection::vec("[a-zA-Z-]{1,10}", 0..3),
+        ) {
+            let mut incoming = HeaderMap::new();
+            for (n, v) in &pairs {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_bytes(v)) {
+                    incoming.append(n, v);
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&connection.join(", ")) {
+                incoming.append(header::CONNECTION, v);
+            }
+            let listed = connection_listed(&incoming);
+            let out = forwarded_headers(&incoming);
+            for name in out.keys() {
+                let n = name.as_str();
+                prop_assert!(!is_reserved(n) && !is_hop_by_hop(n, &listed) && n != "authorization", "{n}");
+            }
+            for (name, _) in &incoming {
+                let n = name.as_str();
+                if !is_reserved(n) && !is_hop_by_hop(n, &listed) && n != "authorization" {
+                    prop_assert_eq!(out.get_all(name).iter().count(), incoming.get_all(name).iter().count());
+                }
+            }
+            let back = response_headers(&incoming);
+            prop_assert!(back.keys().all(|n| !is_hop_by_hop(n.as_str(), &listed)));
+        }
+
+        /// Sealed headers from a message are opened or refused, whatever the bytes.
+        #[test]
+        fn opening_arbitrary_bytes_never_panics(sealed in prop::collection::vec(any::<u8>(), 0..200)) {
+            let sealer = Sealer::from_secret("a passphrase of at least thirty-two characters");
+            let _ = open_headers(Some(&sealer), "tenant", &sealed);
+            let _ = open_headers(None, "tenant", &sealed);
+        }
+
+        #[test]
+        fn sealed_headers_round_trip(
+            pairs in prop::collection::vec(("[a-z][a-z0-9-]{0,10}", "[ -~]{0,20}"), 0..6),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (n, v) in &pairs {
+                headers.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            let sealer = Sealer::from_secret("a passphrase of at least thirty-two characters");
+            let sealed = seal_headers(&sealer, "t", &headers);
+            prop_assert_eq!(open_headers(Some(&sealer), "t", &sealed).unwrap(), headers);
+            prop_assert!(sealed.is_empty() || open_headers(Some(&sealer), "other", &sealed).is_err());
+        }
+    }
+}

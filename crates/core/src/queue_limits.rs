@@ -48,6 +48,35 @@ struct RateLimitObject {
     burst: Option<u32>,
 }
 
+impl utoipa::PartialSchema for RateLimitSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .description(Some(
+                "Dispatches per second, or {\"per_second\", \"burst\"}.",
+            ))
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .property("per_second", ObjectBuilder::new().schema_type(Type::Number))
+                    .required("per_second")
+                    .property(
+                        "burst",
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(0)),
+                    )
+                    .additional_properties(Some(
+                        utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                    )),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RateLimitSpec {}
+
 impl<'de> Deserialize<'de> for RateLimitSpec {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
@@ -74,7 +103,7 @@ impl<'de> Deserialize<'de> for RateLimitSpec {
 }
 
 /// The limit fields of a queue policy as the API accepts them.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     /// Dispatches per second, with burst.
@@ -86,9 +115,6 @@ pub struct LimitOverrides {
 }
 
 impl LimitOverrides {
-    /// The policy fields this type reads (the rest of a policy body is retry settings).
-    pub const FIELDS: [&'static str; 2] = ["rate_limit", "max_concurrent"];
-
     /// Checks each present field's range, naming the field.
     pub fn validate(&self) -> Result<(), PolicyError> {
         if let Some(rate) = &self.rate_limit {
@@ -192,7 +218,7 @@ pub fn ready_subject_for(task: &Task, policy: Option<&QueuePolicy>) -> String {
 }
 
 /// A rate limit as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RateLimitView {
     /// Dispatches per second.
     pub per_second: f64,
@@ -201,7 +227,7 @@ pub struct RateLimitView {
 }
 
 /// A queue's limits as the API shows them (`null` = unlimited).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LimitsView {
     /// Dispatches per second, with burst.
     pub rate_limit: Option<RateLimitView>,

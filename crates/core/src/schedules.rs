@@ -350,3 +350,83 @@ mod tests {
         assert_eq!(secs, 1_772_358_000);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One cron field: `*`, a value, a range, a step or a list, in or out of range.
+    fn field(max: u32) -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("*".to_string()),
+            (0..=max).prop_map(|v| v.to_string()),
+            (0..=max, 0..=max).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b))),
+            (1..=max.max(1)).prop_map(|s| format!("*/{s}")),
+            prop::collection::vec(0..=max, 1..4).prop_map(|v| v
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")),
+        ]
+    }
+
+    fn zone() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "UTC",
+            "Europe/Berlin",
+            "America/New_York",
+            "Asia/Kolkata",
+            "Australia/Lord_Howe",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn parsing_never_panics(expression in "[ -~]{0,40}", timezone in "[ -~]{0,20}") {
+            let _ = CronSpec::parse(&expression, &timezone);
+            let _ = CronSpec::parse(&expression, "UTC");
+        }
+
+        #[test]
+        fn cron_shaped_input_never_panics(
+            fields in prop::collection::vec("(\\*|[0-9]{1,3}|[0-9]{1,2}-[0-9]{1,2}|\\*/[0-9]{1,3}|[A-Za-z]{3}|L|W|#|\\?)", 0..8),
+        ) {
+            let _ = CronSpec::parse(&fields.join(" "), "UTC");
+        }
+
+        /// A valid expression parses, and its slots are where they should be: the next
+        /// one after a time is later, the latest until a time is not.
+        #[test]
+        fn valid_expressions_have_ordered_slots(
+            minute in field(59), hour in field(23), day in field(28), month in field(11),
+            zone in zone(), at in 0i64..4_000_000_000_000,
+        ) {
+            let month = month.split(',').map(|m| {
+                m.split('-').map(|v| v.parse::<u32>().map_or(v.to_string(), |n| (n + 1).to_string()))
+                    .collect::<Vec<_>>().join("-")
+            }).collect::<Vec<_>>().join(",");
+            let day = day.replace("*/0", "*");
+            let expression = format!("{minute} {hour} {day} {month} *");
+            // `0` is not a day of the month, nor a `*/0` step anything.
+            prop_assume!(!expression.split(' ').any(|f| f == "0-0" || f.contains("*/0")));
+            if let Ok(spec) = CronSpec::parse(&expression, zone) {
+                if let Some(next) = spec.next_after(at) {
+                    prop_assert!(next > at);
+                }
+                if let Some(latest) = spec.latest_until(at) {
+                    prop_assert!(latest <= at);
+                }
+            }
+        }
+
+        #[test]
+        fn every_minute_fires_within_a_minute(zone in zone(), at in 0i64..4_000_000_000_000) {
+            let spec = CronSpec::parse("* * * * *", zone).unwrap();
+            let next = spec.next_after(at).unwrap();
+            prop_assert!(next > at && next - at <= 60_000 && next % 60_000 == 0);
+        }
+    }
+}

@@ -792,3 +792,94 @@ mod tests {
         assert!(!err.to_string().contains("sec ret"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn secret() -> SigningSecret {
+        SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()
+    }
+
+    fn headers(id: &[u8], timestamp: &[u8], signature: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            (HEADER_ID, id),
+            (HEADER_TIMESTAMP, timestamp),
+            (HEADER_SIGNATURE, signature),
+        ] {
+            // Only what HTTP can carry reaches a receiver.
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.insert(name, value);
+            }
+        }
+        headers
+    }
+
+    proptest! {
+        /// Whatever a sender puts in the three headers and the body, verification
+        /// answers Ok or an error.
+        #[test]
+        fn verification_never_panics(
+            id in prop::collection::vec(any::<u8>(), 0..64),
+            timestamp in prop::collection::vec(any::<u8>(), 0..24),
+            signature in prop::collection::vec(any::<u8>(), 0..200),
+            body in prop::collection::vec(any::<u8>(), 0..256),
+            now in any::<i64>(),
+        ) {
+            let verifier = Verifier::new(vec![secret()]);
+            let _ = verifier.verify_at(&headers(&id, &timestamp, &signature), &body, now);
+        }
+
+        /// Signature lists in the Standard Webhooks shape, with junk entries mixed in.
+        #[test]
+        fn signature_lists_never_panic(entries in prop::collection::vec("(v1|v1a|v2|)[,]?[A-Za-z0-9+/=]{0,50}", 0..6)) {
+            let list = entries.join(" ");
+            let verifier = Verifier::new(vec![secret()]);
+            let _ = verifier.verify_at(&headers(b"msg", b"1000", list.as_bytes()), b"{}", 1000);
+        }
+
+        #[test]
+        fn secrets_parse_or_refuse(input in any::<String>()) {
+            let _ = SigningSecret::parse(&input);
+        }
+
+        #[test]
+        fn secrets_round_trip(key in prop::collection::vec(any::<u8>(), 1..64)) {
+            let secret = SigningSecret::from_bytes(key.clone()).unwrap();
+            let parsed = SigningSecret::parse(&secret.to_whsec()).unwrap();
+            prop_assert_eq!(parsed.sign("id", 1, b"x"), secret.sign("id", 1, b"x"));
+        }
+
+        /// What the signer signs verifies, among other entries; any other body,
+        /// id or secret does not.
+        #[test]
+        fn signed_requests_verify_and_altered_ones_do_not(
+            id in "[!-~]{1,40}",
+            timestamp in 0i64..4_000_000_000,
+            body in prop::collection::vec(any::<u8>(), 0..256),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let signer = Signer::new(vec![secret(), SigningSecret::generate()]);
+            let signature = signer.signature_header(&id, timestamp, &body);
+            let map = headers(id.as_bytes(), timestamp.to_string().as_bytes(), signature.as_bytes());
+            let verifier = Verifier::new(vec![secret()]);
+            prop_assert_eq!(verifier.verify_at(&map, &body, timestamp), Ok(()));
+
+            let mut altered = body.clone();
+            if altered.is_empty() {
+                altered.push(0);
+            } else {
+                let i = flip.index(altered.len());
+                altered[i] ^= 0x01;
+            }
+            prop_assert_eq!(
+                verifier.verify_at(&map, &altered, timestamp),
+                Err(VerifyError::NoMatchingSignature)
+            );
+            let other = Verifier::new(vec![SigningSecret::generate()]);
+            prop_assert!(other.verify_at(&map, &body, timestamp).is_err());
+        }
+    }
+}

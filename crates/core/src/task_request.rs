@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use base64::Engine;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::accept::NewTask;
+use crate::accept::{NewTask, RawBody};
 use crate::config::{Config, RetryDefaults};
 use crate::duration::HumanDuration;
 use crate::policy::{self, RetryOverrides};
@@ -19,15 +20,25 @@ use crate::url_guard::UrlGuard;
 use tern_proto::v1::QueuePolicy;
 
 /// Body of `POST /v1/tasks` (and the `task` of a schedule).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     /// Queue name: 1-64 of `A-Z a-z 0-9 _ -`.
     pub queue: String,
     /// Where to POST the payload.
     pub webhook_url: String,
-    /// Any JSON value, delivered byte for byte.
-    pub payload: Box<RawValue>,
+    /// Any JSON value, delivered byte for byte inside the webhook envelope.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub payload: Option<Box<RawValue>>,
+    /// Instead of `payload`: bytes (standard base64) delivered as they are, without
+    /// the envelope, with `content_type`.
+    #[serde(default)]
+    #[schema(content_encoding = "base64")]
+    pub body_base64: Option<String>,
+    /// The media type of `body_base64` (required with it).
+    #[serde(default)]
+    pub content_type: Option<String>,
     /// Overrides of the queue's retry policy for this task.
     #[serde(default)]
     pub retry: Option<RetryOverrides>,
@@ -42,11 +53,17 @@ pub struct TaskRequest {
     pub delay: Option<HumanDuration>,
     /// Dispatch no sooner than this time (RFC 3339).
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub not_before: Option<String>,
 }
 
+/// A field that is present, even as `null` (which is a JSON payload like any other).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
 /// `"await_callback": {"timeout": "1h"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AwaitCallback {
     /// How long the provider has to call back (1 s to 30 days).
@@ -101,6 +118,32 @@ impl TaskRequest {
         now_ms: i64,
         prefix: &str,
     ) -> Result<NewTask, InvalidTask> {
+        self.validate_with(rules, queue, id, now_ms, prefix, None)
+    }
+
+    /// [`validate`](Self::validate) for a body that came outside the JSON (the raw
+    /// body of `POST /v1/tasks/raw`, its content type already checked); `payload`,
+    /// `body_base64` and `content_type` must then be absent.
+    pub fn validate_raw(
+        self,
+        rules: &TaskRules,
+        queue: Option<QueuePolicy>,
+        id: String,
+        now_ms: i64,
+        body: RawBody,
+    ) -> Result<NewTask, InvalidTask> {
+        self.validate_with(rules, queue, id, now_ms, "", Some(body))
+    }
+
+    fn validate_with(
+        self,
+        rules: &TaskRules,
+        queue: Option<QueuePolicy>,
+        id: String,
+        now_ms: i64,
+        prefix: &str,
+        raw: Option<RawBody>,
+    ) -> Result<NewTask, InvalidTask> {
         let invalid = |message: String| InvalidTask(format!("{prefix}{message}"));
         if !is_subject_token(&self.queue) {
             return Err(invalid(
@@ -145,11 +188,27 @@ impl TaskRequest {
         };
 
         let not_before_ms = self.not_before_ms(now_ms).map_err(invalid)?;
+        let (payload_json, raw_body) = match raw {
+            Some(raw)
+                if self.payload.is_none()
+                    && self.body_base64.is_none()
+                    && self.content_type.is_none() =>
+            {
+                (String::new(), Some(raw))
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "payload, body_base64 and content_type: the body is the request's own".into(),
+                ));
+            }
+            None => self.body().map_err(invalid)?,
+        };
         Ok(NewTask {
             id,
             queue: self.queue,
             webhook_url: self.webhook_url,
-            payload_json: self.payload.get().to_string(),
+            payload_json,
+            raw_body,
             retry,
             await_timeout,
             notify_url: self.notify_url.unwrap_or_default(),
@@ -160,6 +219,36 @@ impl TaskRequest {
             // The caller knows the request's headers; a new trace until it says.
             traceparent: crate::trace_context::for_accepted_task(None),
         })
+    }
+
+    /// The JSON payload, or the raw body: exactly one of `payload` and `body_base64`.
+    fn body(&self) -> Result<(String, Option<RawBody>), String> {
+        match (&self.payload, &self.body_base64, &self.content_type) {
+            (Some(_), Some(_), _) => {
+                Err("payload and body_base64: give one or the other".into())
+            }
+            (None, None, _) => Err("payload: required (or body_base64 with content_type)".into()),
+            (Some(_), None, Some(_)) => Err(
+                "content_type: only with body_base64 (a JSON payload is delivered as application/json)"
+                    .into(),
+            ),
+            (Some(payload), None, None) => Ok((payload.get().to_string(), None)),
+            (None, Some(_), None) => Err("content_type: required with body_base64".into()),
+            (None, Some(encoded), Some(content_type)) => {
+                let content_type = crate::media_type::validate(content_type)
+                    .map_err(|e| format!("content_type: {e}"))?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| format!("body_base64: not standard base64 with padding ({e})"))?;
+                Ok((
+                    String::new(),
+                    Some(RawBody {
+                        bytes: bytes.into(),
+                        content_type: content_type.to_string(),
+                    }),
+                ))
+            }
+        }
     }
 
     /// When the task may first be dispatched (0 = now), from `delay` or `not_before`.
@@ -249,6 +338,71 @@ mod tests {
                 .unwrap_err();
             assert!(error.0.starts_with(field), "{body}: {error}");
         }
+    }
+
+    #[test]
+    fn a_body_is_a_json_payload_or_base64_bytes_with_their_type() {
+        let new = parse(r#"{"queue":"q","webhook_url":"https://example.com","payload":null}"#)
+            .validate(&rules(), None, "id".into(), 0, "")
+            .unwrap();
+        assert_eq!(new.payload_json, "null");
+        assert!(new.raw_body.is_none());
+
+        let new = parse(r#"{"queue":"q","webhook_url":"https://example.com","body_base64":"/wA8YT4=","content_type":" text/xml; charset=latin1 "}"#)
+            .validate(&rules(), None, "id".into(), 0, "")
+            .unwrap();
+        let raw = new.raw_body.unwrap();
+        assert_eq!(&raw.bytes[..], b"\xff\x00<a>");
+        assert_eq!(raw.content_type, "text/xml; charset=latin1");
+        assert_eq!(new.payload_json, "");
+
+        for (body, field) in [
+            (
+                r#""payload":1,"body_base64":"AA==","content_type":"a/b""#,
+                "task.payload and body_base64:",
+            ),
+            (r#""body_base64":"AA==""#, "task.content_type: required"),
+            (
+                r#""payload":1,"content_type":"a/b""#,
+                "task.content_type: only",
+            ),
+            (
+                r#""body_base64":"not base64!","content_type":"a/b""#,
+                "task.body_base64:",
+            ),
+            (
+                r#""body_base64":"AA","content_type":"a/b""#,
+                "task.body_base64:",
+            ),
+            (
+                r#""body_base64":"AA==","content_type":"nonsense""#,
+                "task.content_type:",
+            ),
+            (r#""content_type":"a/b""#, "task.payload: required"),
+        ] {
+            let json = format!(r#"{{"queue":"q","webhook_url":"https://example.com",{body}}}"#);
+            let error = parse(&json)
+                .validate(&rules(), None, "id".into(), 0, "task.")
+                .unwrap_err();
+            assert!(error.0.starts_with(field), "{json}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_raw_body_excludes_the_json_body_fields() {
+        let raw = || RawBody {
+            bytes: bytes::Bytes::from_static(b"x"),
+            content_type: "text/plain".into(),
+        };
+        let new = parse(r#"{"queue":"q","webhook_url":"https://example.com"}"#)
+            .validate_raw(&rules(), None, "id".into(), 0, raw())
+            .unwrap();
+        assert_eq!(new.raw_body.unwrap().content_type, "text/plain");
+        assert!(
+            parse(r#"{"queue":"q","webhook_url":"https://example.com","payload":1}"#)
+                .validate_raw(&rules(), None, "id".into(), 0, raw())
+                .is_err()
+        );
     }
 
     #[test]

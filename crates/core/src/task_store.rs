@@ -252,6 +252,10 @@ pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
         route_key,
         schedule_id: task.schedule_id.clone(),
         schedule_slot_ms: task.schedule_slot_ms,
+        content_type: match &task.work {
+            Some(Work::Webhook(w)) => w.content_type.clone(),
+            _ => String::new(),
+        },
         ..Default::default()
     }
 }

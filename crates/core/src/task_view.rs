@@ -46,11 +46,12 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 /// A task as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskView {
     /// Task id (UUIDv7).
     pub task_id: String,
     /// Lifecycle state.
+    #[schema(value_type = String, example = "queued")]
     pub status: &'static str,
     /// Queue name.
     pub queue: String,
@@ -66,6 +67,9 @@ pub struct TaskView {
     /// Proxied calls: where the outcome is delivered.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub callback_url: String,
+    /// Raw-body tasks: the content type their body is delivered with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
     /// When it was accepted.
     pub created_at: String,
     /// When it last changed.
@@ -93,7 +97,7 @@ pub struct TaskView {
 }
 
 /// One attempt as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     /// 1 for the first attempt.
     pub number: u32,
@@ -106,6 +110,7 @@ pub struct AttemptView {
     pub status_code: Option<u32>,
     /// What went wrong before a response, when nothing came back.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "timeout")]
     pub error: Option<&'static str>,
     /// The start of the response body, or the error's description.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -119,7 +124,7 @@ pub struct AttemptView {
 }
 
 /// The result of a finished task.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResultView {
     /// HTTP status of the response that completed the task.
     #[serde(rename = "statusCode")]
@@ -170,6 +175,7 @@ impl From<&TaskRecord> for TaskView {
             },
             route_key: r.route_key.clone(),
             callback_url: r.callback_url.clone(),
+            content_type: (!r.content_type.is_empty()).then(|| r.content_type.clone()),
             created_at: rfc3339(r.created_at_ms),
             updated_at: rfc3339(r.updated_at_ms),
             scheduled_for: (r.scheduled_for_ms != 0).then(|| rfc3339(r.scheduled_for_ms)),

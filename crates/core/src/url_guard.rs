@@ -1028,3 +1028,91 @@ mod tests {
         assert!(http_client(UrlGuard::default(), "bad\nagent", Duration::from_secs(1)).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// Strings that look like URLs often enough to reach every check.
+    fn url_like() -> impl Strategy<Value = String> {
+        (
+            "(https?|HTTP|ftp|javascript|)",
+            "(:|://|:/|:///)",
+            "([a-z]{1,5}(:[a-z]{0,5})?@)?",
+            prop_oneof![
+                "[a-z0-9.-]{0,20}",
+                any::<Ipv4Addr>().prop_map(|ip| ip.to_string()),
+                any::<Ipv6Addr>().prop_map(|ip| format!("[{ip}]")),
+                "(0x[0-9a-f]{1,8}|[0-9]{1,10}|0[0-7]{1,11})",
+                Just("localhost".to_string()),
+            ],
+            "(:[0-9]{0,6})?",
+            "(/[ -~]{0,20})?",
+        )
+            .prop_map(|(scheme, sep, creds, host, port, path)| {
+                format!("{scheme}{sep}{creds}{host}{port}{path}")
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn validation_never_panics(input in any::<String>(), max_len in 0usize..4096) {
+            let _ = UrlGuard::new(Vec::new()).validate_url(&input, max_len);
+        }
+
+        /// Whatever passes is an absolute http(s) URL with a host, no credentials and
+        /// not a non-public address literal, within the length limit.
+        #[test]
+        fn accepted_urls_are_safe_to_call(input in url_like()) {
+            let guard = UrlGuard::new(Vec::new());
+            if let Ok(url) = guard.validate_url(&input, 2048) {
+                prop_assert!(matches!(url.scheme(), "http" | "https"), "{input}");
+                prop_assert!(url.username().is_empty() && url.password().is_none(), "{input}");
+                match url.host() {
+                    Some(url::Host::Ipv4(ip)) => prop_assert!(guard.check_ip(ip.into()).is_ok(), "{input}"),
+                    Some(url::Host::Ipv6(ip)) => prop_assert!(guard.check_ip(ip.into()).is_ok(), "{input}"),
+                    Some(url::Host::Domain(name)) => prop_assert!(!is_localhost(name), "{input}"),
+                    None => prop_assert!(false, "no host: {input}"),
+                }
+            }
+        }
+
+        #[test]
+        fn the_length_limit_holds(path in "[a-z]{0,300}", max_len in 10usize..200) {
+            let url = format!("https://example.com/{path}");
+            let result = UrlGuard::new(Vec::new()).validate_url(&url, max_len);
+            if url.chars().count() > max_len {
+                prop_assert_eq!(result.unwrap_err(), UrlError::TooLong { max_len });
+            } else {
+                prop_assert!(result.is_ok());
+            }
+        }
+
+        /// Private, loopback and link-local IPv4 space is refused in every spelling
+        /// an HTTP client would connect to, including inside IPv6.
+        #[test]
+        fn private_ipv4_is_refused_in_every_spelling(
+            net in prop::sample::select(vec![(10u8, 0u8, 8u8), (127, 0, 8), (169, 254, 16), (192, 168, 16), (172, 16, 12)]),
+            rest in any::<u32>(),
+        ) {
+            let (a, b, bits) = net;
+            let base = u32::from(Ipv4Addr::new(a, b, 0, 0));
+            let ip = Ipv4Addr::from(base | (rest >> bits));
+            let guard = UrlGuard::new(Vec::new());
+            prop_assert!(guard.check_ip(ip.into()).is_err(), "{ip}");
+            prop_assert!(guard.check_ip(ip.to_ipv6_mapped().into()).is_err(), "{ip} mapped");
+            let as_integer = u32::from(ip).to_string();
+            for url in [format!("http://{ip}/"), format!("http://{as_integer}/"), format!("http://[::ffff:{ip}]/")] {
+                prop_assert!(guard.validate_url(&url, 2048).is_err(), "{url}");
+            }
+        }
+
+        #[test]
+        fn checking_any_address_never_panics(ip in any::<IpAddr>()) {
+            let _ = UrlGuard::new(Vec::new()).check_ip(ip);
+            let _ = UrlGuard::new(vec!["0.0.0.0/0".parse().unwrap()]).check_ip(ip);
+        }
+    }
+}

@@ -159,12 +159,21 @@ fn build_untraced(task: &Task, attempt: u32, ctx: &JobContext<'_>) -> Result<Htt
     };
     match &task.work {
         Some(Work::Webhook(webhook)) => {
-            let mut headers = json_headers();
+            // A raw body goes out exactly as the client gave it, with its own type.
+            let (mut headers, body) = if webhook.content_type.is_empty() {
+                (
+                    json_headers(),
+                    webhook_envelope(&task.id, &task.queue, &webhook.payload_json, attempt),
+                )
+            } else {
+                let mut headers = reqwest::header::HeaderMap::new();
+                insert_header(&mut headers, "content-type", &webhook.content_type);
+                (headers, webhook.raw_body.clone())
+            };
             let awaits = !webhook.callback_url.is_empty();
             if awaits {
                 insert_header(&mut headers, "x-tern-callback-url", &webhook.callback_url);
             }
-            let body = webhook_envelope(&task.id, &task.queue, &webhook.payload_json, attempt);
             Ok(deliver(
                 delivery(&webhook.url, headers, body, timeout),
                 if awaits {
@@ -254,7 +263,7 @@ mod tests {
             work: Some(Work::Webhook(WebhookWork {
                 url: "http://example.com/hook".into(),
                 payload_json: bytes::Bytes::from_static(b"42"),
-                callback_url: String::new(),
+                ..Default::default()
             })),
             ..Default::default()
         };
@@ -263,7 +272,35 @@ mod tests {
         assert_eq!(job.on_success, OnSuccess::Complete);
         assert_eq!(job.targets.len(), 1);
         assert_eq!(job.targets[0].request.timeout, Duration::from_secs(30));
+        assert_eq!(
+            job.targets[0].request.headers["content-type"],
+            "application/json"
+        );
         assert!(build(&Task::default(), 1, &CTX).is_err());
+    }
+
+    #[test]
+    fn a_raw_body_goes_out_as_it_is_with_its_content_type() {
+        let bytes = bytes::Bytes::from_static(b"\xff\x00<a>\x80");
+        let task = Task {
+            id: "t".into(),
+            queue: "q".into(),
+            work: Some(Work::Webhook(WebhookWork {
+                url: "http://example.com/hook".into(),
+                raw_body: bytes.clone(),
+                content_type: "application/xml; charset=latin1".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let job = build(&task, 2, &CTX).unwrap();
+        assert!(job.signed);
+        let request = &job.targets[0].request;
+        assert_eq!(request.body, bytes);
+        assert_eq!(
+            request.headers["content-type"],
+            "application/xml; charset=latin1"
+        );
     }
 
     #[test]

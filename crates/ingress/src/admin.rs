@@ -1,15 +1,15 @@
 //! The admin API, on its own listener with its own token: the dead-letter queue and
 //! disabled endpoints. It is never mounted on the public port.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::header;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
@@ -21,8 +21,11 @@ use tern_proto::v1::DeadLetter;
 use tern_proto::v1::task::Work;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 /// What admin handlers reach.
 pub struct AdminShared {
@@ -39,14 +42,23 @@ pub struct AdminShared {
 /// Admin handler state.
 pub type AdminState = Arc<AdminShared>;
 
+/// Every route of the admin API, with its documentation: the router and the OpenAPI
+/// document are both built from this one table.
+pub fn api() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::with_openapi(crate::openapi::AdminDoc::openapi())
+        .routes(routes!(list))
+        .routes(routes!(redrive_bulk))
+        .routes(routes!(show, purge))
+        .routes(routes!(redrive_one))
+        .routes(routes!(enable_endpoint))
+        .routes(routes!(crate::openapi::admin_document))
+}
+
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/admin/v1/dlq", get(list))
-        .route("/admin/v1/dlq/redrive", post(redrive_bulk))
-        .route("/admin/v1/dlq/{task_id}", get(show).delete(purge))
-        .route("/admin/v1/dlq/{task_id}/redrive", post(redrive_one))
-        .route("/admin/v1/endpoints/enable", post(enable_endpoint))
+    api()
+        .split_for_parts()
+        .0
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -99,35 +111,68 @@ impl From<DlqError> for ApiError {
 }
 
 /// A dead letter as the admin API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct DeadLetterView {
     task_id: String,
     tenant_id: String,
     queue: String,
     dead_at: String,
     reason: String,
+    /// The task record when it died (`null` if it was missing).
     task: Option<TaskView>,
+    /// The JSON it delivers (shown by `GET /admin/v1/dlq/{task_id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<RawValue>>,
+    /// A body that is not a JSON payload (a raw-body task's), base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+    /// The content type of `body_base64`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+}
+
+/// What a dead letter delivers: a JSON payload, or bytes with their content type.
+enum Body<'a> {
+    Json(&'a [u8]),
+    Raw(&'a [u8], &'a str),
+}
+
+fn body_of(work: Option<&Work>) -> Option<Body<'_>> {
+    match work {
+        Some(Work::Webhook(w)) if w.content_type.is_empty() => Some(Body::Json(&w.payload_json)),
+        Some(Work::Webhook(w)) => Some(Body::Raw(&w.raw_body, &w.content_type)),
+        Some(Work::Notify(n)) => Some(Body::Json(&n.event_json)),
+        // A callback carries the failure payload or the upstream's answer; the
+        // proxied request itself never dies.
+        Some(Work::ProxyCallback(c)) if tern_core::media_type::is_json(&c.content_type) => {
+            Some(Body::Json(&c.body))
+        }
+        Some(Work::ProxyCallback(c)) => Some(Body::Raw(&c.body, &c.content_type)),
+        Some(Work::Proxy(_)) | None => None,
+    }
 }
 
 fn view(letter: &DeadLetter, with_payload: bool) -> DeadLetterView {
     let task = letter.task.clone().unwrap_or_default();
-    let payload = with_payload
-        .then(|| {
-            let bytes = match &task.work {
-                Some(Work::Webhook(w)) => &w.payload_json,
-                Some(Work::Notify(n)) => &n.event_json,
-                // A callback's body is shown when it is JSON (the failure payload,
-                // most upstream answers); the proxied request itself never dies.
-                Some(Work::ProxyCallback(c)) => &c.body,
-                Some(Work::Proxy(_)) | None => return None,
-            };
-            String::from_utf8(bytes.to_vec())
+    let (mut payload, mut body_base64, mut content_type) = (None, None, None);
+    let body = if with_payload {
+        body_of(task.work.as_ref())
+    } else {
+        None
+    };
+    match body {
+        Some(Body::Json(bytes)) => {
+            payload = String::from_utf8(bytes.to_vec())
                 .ok()
-                .and_then(|text| RawValue::from_string(text).ok())
-        })
-        .flatten();
+                .and_then(|text| RawValue::from_string(text).ok());
+        }
+        Some(Body::Raw(bytes, kind)) => {
+            body_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+            content_type = Some(kind.to_string());
+        }
+        None => {}
+    }
     DeadLetterView {
         task_id: task.id.clone(),
         tenant_id: task.tenant_id.clone(),
@@ -136,6 +181,8 @@ fn view(letter: &DeadLetter, with_payload: bool) -> DeadLetterView {
         reason: letter.reason.clone(),
         task: letter.record.as_ref().map(TaskView::from),
         payload,
+        body_base64,
+        content_type,
     }
 }
 
@@ -159,26 +206,60 @@ fn filter_from(
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ListResponse {
+    /// Newest first.
     dead_letters: Vec<DeadLetterView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
     next_cursor: Option<String>,
 }
 
+/// Query of `GET /admin/v1/dlq`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Only this tenant's dead letters.
+    tenant: Option<String>,
+    /// Only this queue's.
+    queue: Option<String>,
+    /// Only those that died at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    since: Option<String>,
+    /// Only those that died before this time (RFC 3339).
+    #[param(format = DateTime)]
+    until: Option<String>,
+    /// Page size, 1-1000 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
 /// `GET /admin/v1/dlq?tenant=&queue=&since=&until=&limit=&cursor=`, newest first.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/dlq",
+    tag = "dlq",
+    summary = "List dead letters, newest first",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of dead letters", body = ListResponse),
+        (status = 400, description = "An unknown or malformed query parameter", body = ErrorBody),
+    ),
+)]
 async fn list(
     State(state): State<AdminState>,
     _: Admin,
-    Query(params): Query<HashMap<String, String>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<ListResponse>, ApiError> {
-    for key in params.keys() {
-        if !["tenant", "queue", "since", "until", "limit", "cursor"].contains(&key.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "unknown query parameter {key:?}; use tenant, queue, since, until, limit, cursor"
-            )));
-        }
-    }
-    let limit = match params.get("limit") {
+    let Query(params) = query.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "query string: {}; use tenant, queue, since, until, limit, cursor",
+            e.body_text()
+        ))
+    })?;
+    let limit = match &params.limit {
         None => 50,
         Some(l) => l
             .parse::<usize>()
@@ -187,15 +268,15 @@ async fn list(
             .ok_or_else(|| ApiError::BadRequest("limit must be 1-1000".into()))?,
     };
     let cursor = params
-        .get("cursor")
+        .cursor
         .map(|c| c.parse::<u64>())
         .transpose()
         .map_err(|_| ApiError::BadRequest("cursor is not one this API returned".into()))?;
     let filter = filter_from(
-        params.get("tenant").cloned(),
-        params.get("queue").cloned(),
-        params.get("since").map(String::as_str),
-        params.get("until").map(String::as_str),
+        params.tenant,
+        params.queue,
+        params.since.as_deref(),
+        params.until.as_deref(),
     )?;
     let page = state.dlq.list(&filter, cursor, limit).await?;
     Ok(Json(ListResponse {
@@ -205,6 +286,17 @@ async fn list(
 }
 
 /// `GET /admin/v1/dlq/{task_id}`: the dead letter with its history and payload.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/dlq/{task_id}",
+    tag = "dlq",
+    summary = "Show a dead letter with its history and body",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The dead letter", body = DeadLetterView),
+        (status = 404, description = "No dead letter for this task", body = ErrorBody),
+    ),
+)]
 async fn show(
     State(state): State<AdminState>,
     _: Admin,
@@ -221,13 +313,26 @@ fn check_task_id(task_id: &str) -> Result<(), ApiError> {
         .map_err(|_| ApiError::NotFound(format!("no dead letter for task {task_id:?}")))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TaskState {
     task_id: String,
+    #[schema(value_type = String)]
     status: &'static str,
 }
 
 /// `POST /admin/v1/dlq/{task_id}/redrive`
+#[utoipa::path(
+    post,
+    path = "/admin/v1/dlq/{task_id}/redrive",
+    tag = "dlq",
+    summary = "Re-drive one dead letter (a fresh retry budget, history kept)",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task is queued again", body = TaskState),
+        (status = 404, description = "No dead letter for this task", body = ErrorBody),
+        (status = 409, description = "The task is not dead", body = ErrorBody),
+    ),
+)]
 async fn redrive_one(
     State(state): State<AdminState>,
     _: Admin,
@@ -242,6 +347,18 @@ async fn redrive_one(
 }
 
 /// `DELETE /admin/v1/dlq/{task_id}`
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/dlq/{task_id}",
+    tag = "dlq",
+    summary = "Purge a dead letter (the task stays dead)",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "Purged", body = TaskState),
+        (status = 404, description = "No dead letter for this task", body = ErrorBody),
+        (status = 409, description = "The task is not dead", body = ErrorBody),
+    ),
+)]
 async fn purge(
     State(state): State<AdminState>,
     _: Admin,
@@ -255,18 +372,22 @@ async fn purge(
     }))
 }
 
-/// Body of the bulk re-drive.
-#[derive(Deserialize, Default)]
+/// Body of the bulk re-drive: every filter is optional.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkRedrive {
     tenant_id: Option<String>,
     queue: Option<String>,
+    #[schema(format = DateTime)]
     since: Option<String>,
+    #[schema(format = DateTime)]
     until: Option<String>,
+    /// Most tasks to re-drive, 1-10000 (default 1000).
+    #[schema(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct BulkResult {
     matched: usize,
     redriven: usize,
@@ -274,6 +395,20 @@ struct BulkResult {
 }
 
 /// `POST /admin/v1/dlq/redrive`: re-drives every match (up to `limit`) at a bounded rate.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/dlq/redrive",
+    tag = "dlq",
+    summary = "Re-drive every matching dead letter at `ingress.redrive_rate`",
+    request_body(content = BulkRedrive, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What was re-driven", body = BulkResult),
+        (status = 400, description = "Malformed JSON or time", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+    ),
+)]
 async fn redrive_bulk(
     State(state): State<AdminState>,
     _: Admin,
@@ -327,14 +462,14 @@ async fn redrive_bulk(
 }
 
 /// Body of `POST /admin/v1/endpoints/enable`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EnableEndpoint {
     tenant_id: String,
     url: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Enabled {
     tenant_id: String,
     url: String,
@@ -342,6 +477,21 @@ struct Enabled {
 }
 
 /// `POST /admin/v1/endpoints/enable`: lets deliveries to a 410'd endpoint resume.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/endpoints/enable",
+    tag = "endpoints",
+    summary = "Re-enable an endpoint disabled by a 410 Gone",
+    request_body(content = EnableEndpoint, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Deliveries to it resume", body = Enabled),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "The endpoint is not disabled", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid", body = ErrorBody),
+    ),
+)]
 async fn enable_endpoint(
     State(state): State<AdminState>,
     _: Admin,

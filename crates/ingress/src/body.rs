@@ -21,16 +21,6 @@ pub struct JsonBody<T> {
     pub raw: Bytes,
 }
 
-fn is_json(content_type: &str) -> bool {
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-}
-
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
@@ -58,8 +48,10 @@ async fn read<T: DeserializeOwned>(req: Request, limit: usize) -> Result<JsonBod
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !is_json(content_type) {
-        return Err(ApiError::UnsupportedMediaType);
+    if !tern_core::media_type::is_json(content_type) {
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type must be application/json",
+        ));
     }
     let raw = raw(req.into_body(), limit).await?;
     let value = parse(&raw, "")?;
@@ -76,11 +68,6 @@ pub fn parse<T: DeserializeOwned>(raw: &[u8], prefix: &str) -> Result<T, ApiErro
         .end()
         .map_err(|e| ApiError::InvalidJson(format!("request body is not valid JSON: {e}")))?;
     Ok(value)
-}
-
-/// Reads `T` from part of a body already parsed as JSON, with the same errors.
-pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| shape_error(e, ""))
 }
 
 /// The path tells the client which field is wrong ("retry.max_retries: …").
@@ -122,20 +109,4 @@ fn is_length_limit(e: &axum::Error) -> bool {
         source = err.source();
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_json;
-
-    #[test]
-    fn recognises_json_media_types() {
-        assert!(is_json("application/json"));
-        assert!(is_json("application/json; charset=utf-8"));
-        assert!(is_json("Application/JSON"));
-        assert!(is_json("application/vnd.tern+json"));
-        assert!(!is_json("text/plain"));
-        assert!(!is_json(""));
-        assert!(!is_json("application/x-www-form-urlencoded"));
-    }
 }

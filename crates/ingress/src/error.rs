@@ -5,7 +5,24 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+
+/// Every error answer: `{"error":{"code","message"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The error itself.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`validation_failed`, `not_found`, …).
+    #[schema(example = "validation_failed")]
+    pub code: &'static str,
+    /// What to fix, naming the field or header.
+    pub message: String,
+}
 
 /// Everything the public API can answer besides success.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +58,9 @@ pub enum ApiError {
     /// The body is larger than allowed.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
-    /// The body is not JSON.
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
+    /// The body's `Content-Type` is missing or not one the endpoint takes.
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
     /// No such resource (or not this tenant's).
     #[error("{0}")]
     NotFound(String),
@@ -90,7 +107,7 @@ impl ApiError {
             ApiError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType => {
+            ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -110,7 +127,12 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(code, error = %self, "request failed");
         }
-        let body = json!({"error": {"code": code, "message": self.to_string()}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         match &self {
             ApiError::Unauthorized(_) => {

@@ -10,6 +10,7 @@ mod body;
 mod error;
 mod idempotent;
 mod limits;
+mod openapi;
 mod proxy;
 mod queues;
 mod routes;
@@ -23,45 +24,46 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::post;
 use tern_core::config::Config;
 use tern_core::service::{Runtime, StartError, bind};
 use tern_core::tenants::Tenants;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 use state::AppState;
 
+/// Every route of the public API, with its documentation: the router and the
+/// OpenAPI document are both built from this one table.
+fn public_api() -> OpenApiRouter<AppState> {
+    // Proxied calls take any method (it is the upstream's); the document lists the
+    // usual ones.
+    let (schemas, paths, _) = routes!(proxy::handle);
+    let proxy = (schemas, paths, axum::routing::any(proxy::handle));
+    let (schemas, paths, _) = routes!(proxy::root);
+    let root = (schemas, paths, axum::routing::any(proxy::root));
+    OpenApiRouter::with_openapi(openapi::PublicDoc::openapi())
+        .routes(routes!(tasks::create))
+        .routes(routes!(tasks::create_raw))
+        .routes(routes!(tasks::get, tasks::cancel))
+        .routes(proxy)
+        .routes(root)
+        .routes(routes!(routes::get, routes::put, routes::delete))
+        .routes(routes!(schedules::list, schedules::create))
+        .routes(routes!(schedules::get, schedules::delete))
+        .routes(routes!(queues::list))
+        .routes(routes!(queues::get, queues::put))
+        .routes(routes!(openapi::public_document))
+}
+
 /// The public API router over `state`.
 fn router(state: AppState) -> Router {
-    let router = Router::new()
-        .route("/v1/tasks", post(tasks::create))
-        .route(
-            "/v1/tasks/{id}",
-            axum::routing::get(tasks::get).delete(tasks::cancel),
-        )
-        .route("/v1/proxy", axum::routing::any(proxy::handle))
-        .route("/", axum::routing::any(proxy::root))
-        .route(
-            "/v1/routes/{key}",
-            axum::routing::get(routes::get)
-                .put(routes::put)
-                .delete(routes::delete),
-        )
-        .route(
-            "/v1/schedules",
-            axum::routing::get(schedules::list).post(schedules::create),
-        )
-        .route(
-            "/v1/schedules/{id}",
-            axum::routing::get(schedules::get).delete(schedules::delete),
-        )
-        .route("/v1/queues", axum::routing::get(queues::list))
-        .route(
-            "/v1/queues/{name}",
-            axum::routing::get(queues::get).put(queues::put),
-        )
+    let router = public_api()
+        .split_for_parts()
+        .0
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     tern_core::http_metrics::instrument(router, "api").with_state(state)

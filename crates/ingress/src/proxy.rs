@@ -26,10 +26,11 @@ use tern_core::retry::{self, Receiver, Step};
 use tern_core::round;
 use tern_core::tenants::Tenant;
 use tern_core::trace_context;
+use tern_core::url_guard::UrlGuard;
 use tern_proto::v1::{ProxyTarget, ProxyWork, RetryPolicy, Task, task::Work};
 
 use crate::auth::Authenticated;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::idempotent::{self, Outcome};
 use crate::state::AppState;
 use tracing::Instrument;
@@ -49,11 +50,62 @@ pub(crate) fn no_key() -> ApiError {
 }
 
 /// Body of the 202 answer of an async proxied call.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ProxyAccepted)]
 struct Accepted<'a> {
+    /// Always `Accepted`.
+    #[schema(value_type = String, example = "Accepted")]
     status: &'static str,
+    /// The job's task id.
+    #[schema(value_type = String)]
     job_id: &'a str,
+    /// Where to poll the job.
     status_url: String,
+}
+
+/// The control headers of a proxied call (every other header goes to the upstream).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read by `parse_control`; this type only describes them
+struct ProxyHeaders {
+    /// The upstream URL (or give `X-Route-Key`).
+    #[param(rename = "X-Target-URL", format = "uri")]
+    target_url: Option<String>,
+    /// A route's key instead of `X-Target-URL`.
+    #[param(rename = "X-Route-Key", pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    route_key: Option<String>,
+    /// Async mode: where the outcome is delivered.
+    #[param(rename = "X-Webhook-Callback", format = "uri")]
+    webhook_callback: Option<String>,
+    /// Retries after the first attempt round (0-100).
+    #[param(rename = "X-Retry-Count", pattern = r"^[0-9]{1,3}$")]
+    retry_count: Option<String>,
+    /// First retry delay (0-1d): `"500ms"`, `"1s"`, `"5m"` or integer seconds.
+    #[param(rename = "X-Retry-Delay", pattern = r"^[0-9]+(ms|s|m|h|d)?$")]
+    retry_delay: Option<String>,
+    /// Timeout of each upstream call (100ms-1h).
+    #[param(rename = "X-Proxy-Timeout", pattern = r"^[0-9]+(ms|s|m|h|d)?$")]
+    proxy_timeout: Option<String>,
+    /// Sent upstream as `Authorization`; sealed at rest, never shown (at most 8 KiB).
+    #[param(rename = "X-Identity-Key", max_length = 8192)]
+    identity_key: Option<String>,
+    /// Async mode: the same key within `proxy.idempotency_window` and the same call
+    /// return the first job.
+    #[param(rename = "X-Proxy-Idempotency-Key", pattern = r"^[!-~]{1,255}$")]
+    idempotency_key: Option<String>,
+    /// W3C trace context: the job joins the client's trace.
+    #[param(rename = "traceparent")]
+    traceparent: Option<String>,
+}
+
+/// The query of a proxied call.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read by `parse_control`; this type only describes it
+struct ProxyQuery {
+    /// Like `X-Webhook-Callback`.
+    #[param(format = "uri")]
+    webhook: Option<String>,
 }
 
 /// The control headers of one request, validated.
@@ -119,16 +171,16 @@ fn bounded_duration(
     Ok(Some(value))
 }
 
+/// The control headers (and `?webhook=`) of a request, checked against `guard` and
+/// the longest accepted URL; nothing else of the request is read.
 fn parse_control(
-    state: &AppState,
+    guard: &UrlGuard,
+    max_url: usize,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<Control, ApiError> {
-    let max_url = state.config.ingress.max_url_len;
     let url = |name: &'static str, raw: &str| -> Result<String, ApiError> {
-        state
-            .rules
-            .guard
+        guard
             .validate_url(raw, max_url)
             .map(|_| raw.to_string())
             .map_err(|e| invalid(name, e.to_string()))
@@ -256,6 +308,31 @@ fn policy_of(state: &AppState, tenant: &Tenant, control: &Control) -> RetryPolic
 }
 
 /// `/` answers proxied calls only; anything else there is an unknown route.
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/",
+    tag = "proxy",
+    summary = "A proxied call (with X-Target-URL or X-Route-Key; any method)",
+    description = "The same as `/v1/proxy`; without X-Target-URL or X-Route-Key it is `404`.",
+    params(ProxyHeaders, ProxyQuery),
+    request_body(description = "Sent to the upstream as it is (any Content-Type, or none)", content(
+        (Object = "application/json"),
+        ([u8] = "application/octet-stream"),
+    )),
+    responses(
+        (status = 202, description = "Async mode (X-Webhook-Callback): the job was accepted; its outcome goes to the callback", body = Accepted, headers(
+            ("Location" = String, description = "The job's status URL"),
+            ("Idempotent-Replayed" = String, description = "`true` for a replay of an X-Proxy-Idempotency-Key"),
+        )),
+        (status = 400, description = "A control header (or `webhook`) is malformed or out of bounds; the message names it", body = ErrorBody),
+        (status = 404, description = "No route with this X-Route-Key", body = ErrorBody),
+        (status = 409, description = "X-Proxy-Idempotency-Key used for a different call, or still in progress", body = ErrorBody),
+        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
+        (status = 502, description = "Sync mode: no upstream answered", body = ErrorBody),
+        (status = 504, description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed", body = ErrorBody),
+        (status = "default", description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`"),
+    ),
+)]
 pub async fn root(state: State<AppState>, request: Request) -> Result<Response, ApiError> {
     let headers = request.headers();
     if !headers.contains_key("x-target-url") && !headers.contains_key("x-route-key") {
@@ -266,6 +343,31 @@ pub async fn root(state: State<AppState>, request: Request) -> Result<Response, 
 
 /// `/v1/proxy`, any method: the method is the upstream's. An asynchronous call (one
 /// with a callback) is a task submission and counted as one.
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/v1/proxy",
+    tag = "proxy",
+    summary = "A proxied call (any method: it is the upstream's)",
+    description = "With X-Webhook-Callback (or `?webhook=`) the call becomes a job: `202` at once, the outcome is POSTed to the callback. Without, Tern makes the call with the same retries and answers with the upstream's response.",
+    params(ProxyHeaders, ProxyQuery),
+    request_body(description = "Sent to the upstream as it is (any Content-Type, or none)", content(
+        (Object = "application/json"),
+        ([u8] = "application/octet-stream"),
+    )),
+    responses(
+        (status = 202, description = "Async mode (X-Webhook-Callback): the job was accepted; its outcome goes to the callback", body = Accepted, headers(
+            ("Location" = String, description = "The job's status URL"),
+            ("Idempotent-Replayed" = String, description = "`true` for a replay of an X-Proxy-Idempotency-Key"),
+        )),
+        (status = 400, description = "A control header (or `webhook`) is malformed or out of bounds; the message names it", body = ErrorBody),
+        (status = 404, description = "No route with this X-Route-Key", body = ErrorBody),
+        (status = 409, description = "X-Proxy-Idempotency-Key used for a different call, or still in progress", body = ErrorBody),
+        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
+        (status = 502, description = "Sync mode: no upstream answered", body = ErrorBody),
+        (status = 504, description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed", body = ErrorBody),
+        (status = "default", description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`"),
+    ),
+)]
 pub async fn handle(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
     let asynchronous = parts.headers.contains_key("x-webhook-callback")
@@ -291,7 +393,12 @@ async fn proxy(
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
-    let control = parse_control(state, &parts.headers, &query)?;
+    let control = parse_control(
+        &state.rules.guard,
+        state.config.ingress.max_url_len,
+        &parts.headers,
+        &query,
+    )?;
     let sealer = state.sealer.as_ref().ok_or_else(no_key)?;
     let body = crate::body::raw(body, state.config.ingress.max_body_bytes).await?;
 
@@ -498,4 +605,105 @@ fn relay(result: &AttemptResult, rounds: u32) -> Response {
         response.headers_mut().insert("x-tern-attempts", value);
     }
     response
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use axum::http::HeaderName;
+    use proptest::prelude::*;
+
+    const CONTROL: [&str; 8] = [
+        "X-Target-URL",
+        "X-Route-Key",
+        "X-Webhook-Callback",
+        "X-Retry-Count",
+        "X-Retry-Delay",
+        "X-Proxy-Timeout",
+        "X-Identity-Key",
+        "X-Proxy-Idempotency-Key",
+    ];
+
+    fn guard() -> UrlGuard {
+        UrlGuard::new(vec!["127.0.0.0/8".parse().unwrap()])
+    }
+
+    /// Control headers with arbitrary bytes (as far as HTTP carries them), repeated
+    /// or not, and an arbitrary `?webhook=`.
+    fn headers() -> impl Strategy<Value = HeaderMap> {
+        prop::collection::vec(
+            (
+                prop::sample::select(CONTROL.to_vec()),
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..40),
+                    "(https?://127\\.0\\.0\\.1(:[0-9]{1,5})?/[a-z]{0,5}|[0-9]{1,4}|[0-9]{1,6}(ms|s|m|h|d)?|[A-Za-z0-9_-]{1,70})"
+                        .prop_map(String::into_bytes),
+                ],
+            ),
+            0..6,
+        )
+        .prop_map(|pairs| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                if let Ok(value) = HeaderValue::from_bytes(&value) {
+                    map.append(HeaderName::from_static(lower(name)), value);
+                }
+            }
+            map
+        })
+    }
+
+    fn lower(name: &str) -> &'static str {
+        match name {
+            "X-Target-URL" => "x-target-url",
+            "X-Route-Key" => "x-route-key",
+            "X-Webhook-Callback" => "x-webhook-callback",
+            "X-Retry-Count" => "x-retry-count",
+            "X-Retry-Delay" => "x-retry-delay",
+            "X-Proxy-Timeout" => "x-proxy-timeout",
+            "X-Identity-Key" => "x-identity-key",
+            _ => "x-proxy-idempotency-key",
+        }
+    }
+
+    proptest! {
+        /// Any control headers are accepted within their bounds or refused with a
+        /// 400 naming one of them; never a panic.
+        #[test]
+        fn control_headers_are_bounded_or_refused(
+            headers in headers(),
+            webhook in prop::option::of(any::<String>()),
+        ) {
+            let query: HashMap<String, String> =
+                webhook.into_iter().map(|w| ("webhook".to_string(), w)).collect();
+            match parse_control(&guard(), 2048, &headers, &query) {
+                Ok(control) => {
+                    prop_assert!(control.target_url.is_some() != control.route_key.is_some());
+                    prop_assert!(control.retries.is_none_or(|n| n <= policy::MAX_RETRIES));
+                    let (low, high) = policy::TIMEOUT;
+                    prop_assert!(control.timeout.is_none_or(|t| t >= low && t <= high));
+                    prop_assert!(control.delay.is_none_or(|d| d <= policy::INITIAL_DELAY.1));
+                }
+                Err(ApiError::InvalidHeader { header, .. }) => {
+                    prop_assert!(CONTROL.contains(&header), "{header}");
+                }
+                Err(ApiError::BadRequest(message)) => {
+                    prop_assert!(message.starts_with("query parameter webhook"), "{message}");
+                }
+                Err(other) => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+
+        /// Values in bounds come through as given.
+        #[test]
+        fn values_in_bounds_are_taken(retries in 0..=policy::MAX_RETRIES, timeout_ms in 100u64..=3_600_000) {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-target-url", HeaderValue::from_static("http://127.0.0.1:9/x"));
+            headers.insert("x-retry-count", HeaderValue::from(retries));
+            headers.insert("x-proxy-timeout", HeaderValue::from_str(&format!("{timeout_ms}ms")).unwrap());
+            let control = parse_control(&guard(), 2048, &headers, &HashMap::new()).unwrap();
+            prop_assert_eq!(control.retries, Some(retries));
+            prop_assert_eq!(control.timeout, Some(Duration::from_millis(timeout_ms)));
+        }
+    }
 }

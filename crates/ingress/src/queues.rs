@@ -2,21 +2,21 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde::Serialize;
-use serde_json::{Map, Value};
-use tern_core::policy::{self, PolicyView, RetryOverrides};
-use tern_core::queue_limits::{self, LimitOverrides, LimitsView};
+use serde::{Deserialize, Serialize};
+use tern_core::duration::HumanDuration;
+use tern_core::policy::{self, BackoffName, PolicyView, RetryOverrides};
+use tern_core::queue_limits::{self, LimitOverrides, LimitsView, RateLimitSpec};
 use tern_core::task_view::rfc3339;
 use tern_core::topology::{ensure_limited_consumer, is_subject_token, limited_consumer_name};
 use tern_proto::v1::QueuePolicy;
 
 use crate::auth::Authenticated;
 use crate::body::JsonBody;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// A queue as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct QueueView {
     /// Queue name.
     pub name: String,
@@ -34,7 +34,7 @@ pub struct QueueView {
 }
 
 /// Body of `GET /v1/queues`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct QueueList {
     /// The tenant's configured queues, by name.
     pub queues: Vec<QueueView>,
@@ -62,6 +62,59 @@ pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Body of `PUT /v1/queues/{name}`: the retry settings plus the dispatch limits,
+/// every field optional.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePolicyRequest {
+    /// Retries after the first attempt (0-100).
+    #[serde(default)]
+    #[schema(maximum = 100)]
+    pub max_retries: Option<u32>,
+    /// Backoff shape.
+    #[serde(default)]
+    pub backoff: Option<BackoffName>,
+    /// First retry delay (up to 1d).
+    #[serde(default)]
+    pub initial_delay: Option<HumanDuration>,
+    /// Cap of any single delay (up to 7d).
+    #[serde(default)]
+    pub max_delay: Option<HumanDuration>,
+    /// Per-attempt timeout (100ms-1h).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Overall deadline (1s-365d).
+    #[serde(default)]
+    pub max_age: Option<HumanDuration>,
+    /// Dispatches per second (0.001-10000), as a number or `{"per_second","burst"}`.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Deliveries in flight at once (1-10000).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub max_concurrent: Option<u32>,
+}
+
+impl QueuePolicyRequest {
+    /// The retry part and the limits part, each validated by its own rules.
+    fn split(self) -> (RetryOverrides, LimitOverrides) {
+        (
+            RetryOverrides {
+                max_retries: self.max_retries,
+                backoff: self.backoff,
+                initial_delay: self.initial_delay,
+                max_delay: self.max_delay,
+                timeout: self.timeout,
+                max_age: self.max_age,
+            },
+            LimitOverrides {
+                rate_limit: self.rate_limit,
+                max_concurrent: self.max_concurrent,
+            },
+        )
+    }
+}
+
 /// `PUT /v1/queues/{name}`: replaces the queue's policy; absent fields take defaults
 /// (no limits).
 ///
@@ -69,14 +122,29 @@ pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
 /// stored, so the scheduler never routes tasks to a subject nobody consumes. Removing
 /// the limits keeps the consumer (tasks already routed to it still drain) but lifts
 /// its cap.
+#[utoipa::path(
+    put,
+    path = "/v1/queues/{name}",
+    tag = "queues",
+    summary = "Set a queue's retry policy and dispatch limits",
+    params(("name" = String, Path, description = "Queue name: 1-64 of `A-Z a-z 0-9 _ -`", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
+    request_body(content = QueuePolicyRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The queue's effective policy", body = QueueView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "A field (or the name) is invalid; the message names it", body = ErrorBody),
+    ),
+)]
 pub async fn put(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
     Path(name): Path<String>,
-    body: JsonBody<Map<String, Value>>,
+    body: JsonBody<QueuePolicyRequest>,
 ) -> Result<Json<QueueView>, ApiError> {
     check_name(&name)?;
-    let (overrides, limit_overrides) = split_policy(body.value)?;
+    let (overrides, limit_overrides) = body.value.split();
     overrides
         .validate("")
         .map_err(|e| ApiError::Validation(e.to_string()))?;
@@ -117,23 +185,18 @@ async fn consumer_exists(state: &AppState, tenant_id: &str, queue: &str) -> bool
     }
 }
 
-/// A policy body is the retry settings plus the limit fields; each part refuses
-/// fields it does not know.
-fn split_policy(
-    mut body: Map<String, Value>,
-) -> Result<(RetryOverrides, LimitOverrides), ApiError> {
-    let mut limits = Map::new();
-    for field in LimitOverrides::FIELDS {
-        if let Some(value) = body.remove(field) {
-            limits.insert(field.to_string(), value);
-        }
-    }
-    let retry = crate::body::from_value(Value::Object(body))?;
-    let limits = crate::body::from_value(Value::Object(limits))?;
-    Ok((retry, limits))
-}
-
 /// `GET /v1/queues/{name}`: the effective policy (defaults when never set).
+#[utoipa::path(
+    get,
+    path = "/v1/queues/{name}",
+    tag = "queues",
+    summary = "Read a queue's effective policy",
+    params(("name" = String, Path, description = "Queue name: 1-64 of `A-Z a-z 0-9 _ -`", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
+    responses(
+        (status = 200, description = "The policy (`configured: false` while on defaults)", body = QueueView),
+        (status = 422, description = "Not a queue name", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
@@ -145,6 +208,13 @@ pub async fn get(
 }
 
 /// `GET /v1/queues`: the tenant's configured queues.
+#[utoipa::path(
+    get,
+    path = "/v1/queues",
+    tag = "queues",
+    summary = "List the tenant's configured queues",
+    responses((status = 200, description = "The configured queues", body = QueueList)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,

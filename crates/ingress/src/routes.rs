@@ -22,7 +22,7 @@ use tern_proto::v1::{ProxyTarget, Route, RouteHeaderNames};
 
 use crate::auth::Authenticated;
 use crate::body::JsonBody;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// Most targets a route may have.
@@ -35,18 +35,20 @@ const MAX_TARGET_HEADERS: usize = 32;
 const MAX_HEADER_VALUE: usize = 8 * 1024;
 
 /// Body of `PUT /v1/routes/{key}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRequest {
-    /// Tried in this order in every attempt round.
+    /// Tried in this order in every attempt round (1-10).
+    #[schema(min_items = 1, max_items = 10)]
     pub targets: Vec<TargetRequest>,
 }
 
 /// One target of a route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetRequest {
     /// Upstream URL.
+    #[schema(format = "uri")]
     pub url: String,
     /// Headers sent to this target (provider credentials); stored sealed.
     #[serde(default)]
@@ -56,11 +58,12 @@ pub struct TargetRequest {
     pub timeout: Option<HumanDuration>,
     /// Extra calls of this target before the cascade moves on (0-10).
     #[serde(default)]
+    #[schema(maximum = 10)]
     pub retries: u32,
 }
 
 /// A route as the API shows it: header values never leave Tern.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RouteView {
     /// The route key.
     pub key: String,
@@ -71,7 +74,7 @@ pub struct RouteView {
 }
 
 /// A target as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TargetView {
     /// Upstream URL.
     pub url: String,
@@ -151,6 +154,21 @@ fn target_headers(prefix: &str, headers: &BTreeMap<String, String>) -> Result<He
 }
 
 /// `PUT /v1/routes/{key}`: creates or replaces a route.
+#[utoipa::path(
+    put,
+    path = "/v1/routes/{key}",
+    tag = "routes",
+    summary = "Create or replace a route",
+    params(("key" = String, Path, description = "Route key: 1-64 of `A-Z a-z 0-9 _ -`", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
+    request_body(content = RouteRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The route (header names only)", body = RouteView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "A field (or the key) is invalid; the message names it", body = ErrorBody),
+    ),
+)]
 pub async fn put(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
@@ -231,6 +249,18 @@ pub async fn load(state: &AppState, tenant_id: &str, key: &str) -> Result<Option
 }
 
 /// `GET /v1/routes/{key}`: the route, without header values.
+#[utoipa::path(
+    get,
+    path = "/v1/routes/{key}",
+    tag = "routes",
+    summary = "Read a route (header names only)",
+    params(("key" = String, Path, description = "Route key: 1-64 of `A-Z a-z 0-9 _ -`", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
+    responses(
+        (status = 200, description = "The route", body = RouteView),
+        (status = 404, description = "No such route", body = ErrorBody),
+        (status = 422, description = "Not a route key", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
@@ -245,6 +275,18 @@ pub async fn get(
 
 /// `DELETE /v1/routes/{key}`: removes the route (calls already accepted keep the
 /// targets they were accepted with).
+#[utoipa::path(
+    delete,
+    path = "/v1/routes/{key}",
+    tag = "routes",
+    summary = "Delete a route",
+    params(("key" = String, Path, description = "Route key: 1-64 of `A-Z a-z 0-9 _ -`", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such route", body = ErrorBody),
+        (status = 422, description = "Not a route key", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,

@@ -18,27 +18,29 @@ use tern_proto::v1::ScheduleRecord;
 
 use crate::auth::Authenticated;
 use crate::body::{self, JsonBody};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// Longest accepted cron expression (anything longer is not a cron expression).
 const MAX_CRON_LEN: usize = 256;
 
 /// Body of `POST /v1/schedules`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateScheduleRequest {
     /// Cron expression: 5 fields, or 6 with leading seconds.
+    #[schema(max_length = 256, example = "*/5 * * * *")]
     pub cron: String,
     /// IANA time zone the expression is read in (default UTC).
     #[serde(default)]
     pub timezone: Option<String>,
-    /// The task to create at every slot: a `POST /v1/tasks` body.
+    /// The task to create at every slot: a `POST /v1/tasks` body (no `not_before`).
+    #[schema(value_type = TaskRequest)]
     pub task: Box<RawValue>,
 }
 
 /// A schedule as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ScheduleView {
     /// Schedule id (UUIDv7).
     pub schedule_id: String,
@@ -47,6 +49,7 @@ pub struct ScheduleView {
     /// Its time zone.
     pub timezone: String,
     /// The task body, as given.
+    #[schema(value_type = Object)]
     pub task: Box<RawValue>,
     /// When the schedule was created.
     pub created_at: String,
@@ -65,7 +68,7 @@ pub struct ScheduleView {
 }
 
 /// Body of `GET /v1/schedules`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ScheduleList {
     /// The tenant's schedules, oldest first.
     pub schedules: Vec<ScheduleView>,
@@ -108,6 +111,20 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// `POST /v1/schedules`: validates everything, then stores the schedule.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules",
+    tag = "schedules",
+    summary = "Create a recurring schedule",
+    request_body(content = CreateScheduleRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The schedule", body = ScheduleView, headers(("Location" = String, description = "The schedule's URL"))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid; the message names it", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
@@ -157,6 +174,17 @@ pub async fn create(
 }
 
 /// `GET /v1/schedules/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/schedules/{id}",
+    tag = "schedules",
+    summary = "Read a schedule",
+    params(("id" = String, Path, description = "Schedule id")),
+    responses(
+        (status = 200, description = "The schedule", body = ScheduleView),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
@@ -171,6 +199,17 @@ pub async fn get(
 
 /// `DELETE /v1/schedules/{id}`: no slot fires after the answer; the answer is the
 /// schedule as it was.
+#[utoipa::path(
+    delete,
+    path = "/v1/schedules/{id}",
+    tag = "schedules",
+    summary = "Delete a schedule; it fires no more",
+    params(("id" = String, Path, description = "Schedule id")),
+    responses(
+        (status = 200, description = "The schedule as it was", body = ScheduleView),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,
@@ -184,6 +223,13 @@ pub async fn delete(
 }
 
 /// `GET /v1/schedules`: the tenant's schedules.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules",
+    tag = "schedules",
+    summary = "List the tenant's schedules, oldest first",
+    responses((status = 200, description = "The schedules", body = ScheduleList)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Authenticated(tenant): Authenticated,

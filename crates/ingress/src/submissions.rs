@@ -17,6 +17,15 @@ pub fn record(tier: Option<Tier>, queue: &str, result: &Result<Response, ApiErro
         Ok(_) => ("accepted", ""),
         Err(e) => ("rejected", e.code()),
     };
+    count(tier, queue, outcome, reason);
+}
+
+/// Counts one submission refused with `error`.
+pub fn record_rejected(tier: Option<Tier>, queue: &str, error: &ApiError) {
+    count(tier, queue, "rejected", error.code());
+}
+
+fn count(tier: Option<Tier>, queue: &str, outcome: &'static str, reason: &'static str) {
     let queue = if tier.is_some() && tern_core::topology::is_subject_token(queue) {
         queue.to_string()
     } else {
