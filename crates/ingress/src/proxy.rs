@@ -307,6 +307,31 @@ fn policy_of(state: &AppState, tenant: &Tenant, control: &Control) -> RetryPolic
     retry
 }
 
+/// What `/v1/proxy` and `/` answer, for their OpenAPI description (both routes share it).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only described, never built: the handlers answer with `Response`.
+enum ProxyResponses {
+    #[response(status = 202, description = "Async mode (X-Webhook-Callback): the job was accepted; its outcome goes to the callback", headers(
+        ("Location" = String, description = "The job's status URL"),
+        ("Idempotent-Replayed" = String, description = "`true` for a replay of an X-Proxy-Idempotency-Key"),
+    ))]
+    Accepted(Accepted<'static>),
+    #[response(status = 400, description = "A control header (or `webhook`) is malformed or out of bounds; the message names it")]
+    BadRequest(ErrorBody),
+    #[response(status = 404, description = "No route with this X-Route-Key")]
+    NotFound(ErrorBody),
+    #[response(status = 409, description = "X-Proxy-Idempotency-Key used for a different call, or still in progress")]
+    Conflict(ErrorBody),
+    #[response(status = 413, description = "Body larger than `ingress.max_body_bytes`")]
+    TooLarge(ErrorBody),
+    #[response(status = 502, description = "Sync mode: no upstream answered")]
+    BadGateway(ErrorBody),
+    #[response(status = 504, description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed")]
+    GatewayTimeout(ErrorBody),
+    #[response(status = "default", description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`")]
+    Upstream,
+}
+
 /// `/` answers proxied calls only; anything else there is an unknown route.
 #[utoipa::path(
     method(get, post, put, patch, delete),
@@ -319,19 +344,7 @@ fn policy_of(state: &AppState, tenant: &Tenant, control: &Control) -> RetryPolic
         (Object = "application/json"),
         ([u8] = "application/octet-stream"),
     )),
-    responses(
-        (status = 202, description = "Async mode (X-Webhook-Callback): the job was accepted; its outcome goes to the callback", body = Accepted, headers(
-            ("Location" = String, description = "The job's status URL"),
-            ("Idempotent-Replayed" = String, description = "`true` for a replay of an X-Proxy-Idempotency-Key"),
-        )),
-        (status = 400, description = "A control header (or `webhook`) is malformed or out of bounds; the message names it", body = ErrorBody),
-        (status = 404, description = "No route with this X-Route-Key", body = ErrorBody),
-        (status = 409, description = "X-Proxy-Idempotency-Key used for a different call, or still in progress", body = ErrorBody),
-        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
-        (status = 502, description = "Sync mode: no upstream answered", body = ErrorBody),
-        (status = 504, description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed", body = ErrorBody),
-        (status = "default", description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`"),
-    ),
+    responses(ProxyResponses),
 )]
 pub async fn root(state: State<AppState>, request: Request) -> Result<Response, ApiError> {
     let headers = request.headers();
@@ -354,19 +367,7 @@ pub async fn root(state: State<AppState>, request: Request) -> Result<Response, 
         (Object = "application/json"),
         ([u8] = "application/octet-stream"),
     )),
-    responses(
-        (status = 202, description = "Async mode (X-Webhook-Callback): the job was accepted; its outcome goes to the callback", body = Accepted, headers(
-            ("Location" = String, description = "The job's status URL"),
-            ("Idempotent-Replayed" = String, description = "`true` for a replay of an X-Proxy-Idempotency-Key"),
-        )),
-        (status = 400, description = "A control header (or `webhook`) is malformed or out of bounds; the message names it", body = ErrorBody),
-        (status = 404, description = "No route with this X-Route-Key", body = ErrorBody),
-        (status = 409, description = "X-Proxy-Idempotency-Key used for a different call, or still in progress", body = ErrorBody),
-        (status = 413, description = "Body larger than `ingress.max_body_bytes`", body = ErrorBody),
-        (status = 502, description = "Sync mode: no upstream answered", body = ErrorBody),
-        (status = 504, description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed", body = ErrorBody),
-        (status = "default", description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`"),
-    ),
+    responses(ProxyResponses),
 )]
 pub async fn handle(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
