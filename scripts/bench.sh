@@ -8,6 +8,7 @@
 # --url and --api-key are filled in unless given. tern-bench runs its own receiver
 # (--receiver-port), so no `ternctl listen` is started. The services log at
 # RUST_LOG=warn unless RUST_LOG is set, so logging does not skew the numbers.
+# After the run it prints the CPU every process spent, per task (tern_report_cpu).
 # TERN_BENCH_MEMORY=1 prints every process's resident memory before and after;
 # TERN_BENCH_THEN='<tern-bench arguments>' runs a second tern-bench against the same
 # system afterwards (e.g. immediate tasks while a million delays are pending).
@@ -41,11 +42,25 @@ done
 if ((!have_url)); then args+=(--url "$(tern_ingress_url)"); fi
 if ((!have_key)); then args+=(--api-key "$TERN_DEV_API_KEY"); fi
 
+# The --tasks a tern-bench command line asks for (its default otherwise).
+bench_tasks() {
+    local n=20000
+    while (($#)); do
+        case "$1" in
+            --tasks) n=${2:-$n}; shift ;;
+            --tasks=*) n=${1#--tasks=} ;;
+        esac
+        shift
+    done
+    echo "$n"
+}
 memory() { if [[ "${TERN_BENCH_MEMORY:-0}" == 1 ]]; then tern_report_rss "$1"; fi; }
 memory "idle, before the run"
 tern_say "tern-bench ${args[*]} $*"
 rc=0
+tern_cpu_snapshot
 "$TERN_BIN_DIR/tern-bench" "${args[@]}" "$@" || rc=$?
+tern_report_cpu "$(bench_tasks "$@")"
 memory "after the run"
 if [[ -n "${TERN_BENCH_THEN:-}" ]] && ((rc == 0)); then
     read -r -a then_args <<<"$TERN_BENCH_THEN"

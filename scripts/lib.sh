@@ -388,6 +388,39 @@ tern_report_rss() {
     printf ' total %d MiB\n' $((total / 1024))
 }
 
+# tern_cpu_snapshot: remember every started process's CPU time (user + system, in
+# clock ticks) and the machine's busy time, for tern_report_cpu.
+_tern_cpu_before=()
+_tern_cpu_machine_before=0
+_tern_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+_tern_machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+tern_cpu_snapshot() {
+    local i
+    _tern_cpu_before=()
+    for i in "${!_tern_pids[@]}"; do
+        _tern_cpu_before[i]=$(_tern_cpu_ticks "${_tern_pids[i]}")
+    done
+    _tern_cpu_machine_before=$(_tern_machine_busy)
+}
+
+# tern_report_cpu TASKS: CPU each started process spent since tern_cpu_snapshot, in
+# seconds and in microseconds per task; "rest" is the machine's other busy time (the
+# benchmark client and receiver, and whatever else runs).
+tern_report_cpu() {
+    local tasks=$1 i ticks hz ours=0 machine
+    hz=$(getconf CLK_TCK)
+    printf 'cpu over %d tasks:' "$tasks"
+    for i in "${!_tern_pids[@]}"; do
+        ticks=$(($(_tern_cpu_ticks "${_tern_pids[i]}") - ${_tern_cpu_before[i]:-0}))
+        ours=$((ours + ticks))
+        awk -v n="${_tern_names[i]}" -v t="$ticks" -v hz="$hz" -v k="$tasks" \
+            'BEGIN { printf " %s %.2f s (%.0f us/task),", n, t / hz, t / hz * 1e6 / (k > 0 ? k : 1) }'
+    done
+    machine=$(($(_tern_machine_busy) - _tern_cpu_machine_before - ours))
+    awk -v t="$machine" -v hz="$hz" -v k="$tasks" \
+        'BEGIN { printf " rest %.2f s (%.0f us/task)\n", t / hz, t / hz * 1e6 / (k > 0 ? k : 1) }'
+}
+
 # tern_install_traps: stop every child on exit, whatever the reason.
 tern_install_traps() {
     trap 'tern_stop_all' EXIT
