@@ -4,11 +4,15 @@
 //! that recurring schedules create; both go through [`Acceptor`], so a scheduled task
 //! is indistinguishable from a submitted one downstream (tier, fairness, queue policy).
 //!
-//! The record is created before the message is published so that the moment a
-//! worker sees the task, its record exists to be claimed; the message carries the
-//! record's revision so the worker's claim needs no read. The caller answers only
-//! after JetStream acknowledged the publish. If the publish fails the record is
-//! removed, so a refused task leaves nothing behind.
+//! A plain webhook task due now is only published: its record is deferred, and the
+//! worker that claims it creates it (one KV write and one round trip fewer per task,
+//! on the path every task takes; see [`crate::task_lookup`] for how such a task is
+//! read and cancelled before then). Every other task's record is created before the
+//! message is published, because something other than the claiming worker may touch
+//! it first (a delay's release, a callback's deadline, a schedule's resumption); the
+//! message carries the record's revision so the worker's claim needs no read. The
+//! caller answers only after JetStream acknowledged the publish. If the publish fails
+//! the record is removed, so a refused task leaves nothing behind.
 
 use std::time::Duration;
 
@@ -94,7 +98,7 @@ pub async fn publish_to_intake(js: &jetstream::Context, task: &Task) -> Result<(
         .payload(task.encode_to_vec().into())
         .headers(headers);
     js.send_publish(
-        intake_subject(Tier::from_proto(task.tier()), &task.tenant_id),
+        intake_subject(Tier::from_proto(task.tier()), &task.tenant_id, &task.id),
         publish,
     )
     .await
@@ -102,6 +106,19 @@ pub async fn publish_to_intake(js: &jetstream::Context, task: &Task) -> Result<(
     .await
     .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// True for a task whose record the claiming worker may create: a webhook due now
+/// that awaits no callback and comes from no schedule. Nobody else writes such a
+/// task's record before the claim but a cancel, which creates it as cancelled. A
+/// task that comes from a schedule needs its record at once, since the record
+/// tells a resumed firing whether the task exists (see
+/// [`accept_or_resume`](Acceptor::accept_or_resume)).
+pub fn defers_record(task: &Task) -> bool {
+    matches!(task.work, Some(Work::Webhook(_)))
+        && task.not_before_ms == 0
+        && task.callback_deadline_ms == 0
+        && task.schedule_id.is_empty()
 }
 
 /// Stores and publishes new tasks.
@@ -137,23 +154,35 @@ impl Acceptor {
         Ok(accepted)
     }
 
-    /// Stores `task`'s initial record and publishes it (to INTAKE, or to the delayed
-    /// stream when it has a `not_before`); returns once JetStream has it. Work other
-    /// than a webhook (a proxied call) is built by its caller and accepted here, so
-    /// every task takes the same path to the scheduler.
+    /// Publishes `task` (to INTAKE, or to the delayed stream when it has a
+    /// `not_before`), after storing its initial record unless the record is deferred
+    /// ([`defers_record`]); returns once JetStream has it. Work other than a webhook
+    /// (a proxied call) is built by its caller and accepted here, so every task takes
+    /// the same path to the scheduler.
     pub async fn enqueue(&self, tenant: &Tenant, mut task: Task) -> Result<(), AcceptError> {
-        match self.tasks.create(&initial_record(&task)).await {
+        if defers_record(&task) {
+            task.record_deferred = true;
+            self.publish(&task).await.map_err(AcceptError::Unavailable)?;
+        } else {
+            self.store_and_publish(&mut task).await?;
+        }
+        metrics::counter!("tern_tasks_accepted_total", "tier" => tenant.tier.as_str()).increment(1);
+        Ok(())
+    }
+
+    /// The record first, then the message; a failed publish removes the record.
+    async fn store_and_publish(&self, task: &mut Task) -> Result<(), AcceptError> {
+        match self.tasks.create(&initial_record(task)).await {
             Ok(revision) => task.record_revision = revision,
-            Err(CreateError::Exists) => return Err(AcceptError::Exists(task.id)),
+            Err(CreateError::Exists) => return Err(AcceptError::Exists(task.id.clone())),
             Err(CreateError::Store(e)) => return Err(AcceptError::Unavailable(e.to_string())),
         }
-        if let Err(e) = self.publish(&task).await {
+        if let Err(e) = self.publish(task).await {
             if let Err(cleanup) = self.tasks.remove(&task.id).await {
                 tracing::error!(task_id = %task.id, error = %cleanup, "could not remove record of unpublished task");
             }
             return Err(AcceptError::Unavailable(e));
         }
-        metrics::counter!("tern_tasks_accepted_total", "tier" => tenant.tier.as_str()).increment(1);
         Ok(())
     }
 
@@ -238,6 +267,7 @@ impl Acceptor {
             created_at_ms: new.created_at_ms,
             retry: Some(new.retry),
             record_revision: 0,
+            record_deferred: false,
             callback_deadline_ms,
             notify_url: new.notify_url,
             not_before_ms: new.not_before_ms,

@@ -206,6 +206,7 @@ impl DeadLetters {
         // The record no longer looks like the task's initial record (it has history),
         // so the worker must read it rather than CAS from a rebuilt one.
         task.record_revision = 0;
+        task.record_deferred = false;
         let subject = crate::queue_limits::ready_subject_for(
             &task,
             self.queues.policy(&task.tenant_id, &task.queue).as_ref(),

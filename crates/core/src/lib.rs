@@ -34,6 +34,7 @@ pub mod sealing;
 pub mod service;
 pub mod shutdown;
 pub mod signing;
+pub mod task_lookup;
 pub mod task_request;
 pub mod task_span;
 pub mod task_store;

@@ -62,6 +62,7 @@ async fn publish(
         created_at_ms: crate::now_ms(),
         retry: record.retry,
         record_revision: 0,
+        record_deferred: false,
         callback_deadline_ms: 0,
         notify_url: String::new(),
         not_before_ms: 0,

@@ -309,6 +309,7 @@ pub fn callback_task(task: &Task, work: &ProxyWork, round: &Round, failure: Opti
         retry: task.retry,
         // The worker reads the record first: the upstream phase moved it on.
         record_revision: 0,
+        record_deferred: false,
         callback_deadline_ms: 0,
         notify_url: task.notify_url.clone(),
         not_before_ms: 0,

@@ -213,7 +213,7 @@ pub fn ready_subject_for(task: &Task, policy: Option<&QueuePolicy>) -> String {
     if limited {
         ready_limited_subject(&task.tenant_id, &task.queue)
     } else {
-        ready_subject(Tier::from_proto(task.tier()), &task.tenant_id)
+        ready_subject(Tier::from_proto(task.tier()), &task.tenant_id, &task.id)
     }
 }
 
@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn limited_queues_get_their_own_subject() {
         let webhook = task(Work::Webhook(WebhookWork::default()));
-        let open = ready_subject(Tier::Business, "acme");
+        let open = ready_subject(Tier::Business, "acme", "t1");
         let limited = "tern.ready.limited.acme.orders";
         assert_eq!(ready_subject_for(&webhook, None), open);
         assert_eq!(ready_subject_for(&webhook, Some(&policy(None))), open);

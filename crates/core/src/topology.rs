@@ -101,13 +101,13 @@ pub fn partition(tenant_id: &str) -> u32 {
     hash % PARTITIONS
 }
 
-/// Subject of an accepted task on INTAKE.
-pub fn intake_subject(tier: Tier, tenant_id: &str) -> String {
+/// Subject of an accepted task on INTAKE. It ends with the task id so that a task
+/// whose record is deferred can be found by its message (see [`crate::task_lookup`]).
+pub fn intake_subject(tier: Tier, tenant_id: &str, task_id: &str) -> String {
     format!(
-        "tern.intake.{}.{}.{}",
+        "tern.intake.{}.{}.{tenant_id}.{task_id}",
         tier.as_str(),
         partition(tenant_id),
-        tenant_id
     )
 }
 
@@ -117,7 +117,12 @@ pub fn intake_subject(tier: Tier, tenant_id: &str) -> String {
 pub fn intake_consumer(tenant_id: &str) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(format!("intake-{tenant_id}")),
-        filter_subject: format!("tern.intake.*.*.{tenant_id}"),
+        // The second filter takes what a Tern from before the task id in the subject
+        // left in the stream.
+        filter_subjects: vec![
+            format!("tern.intake.*.*.{tenant_id}.*"),
+            format!("tern.intake.*.*.{tenant_id}"),
+        ],
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 10_000,
@@ -125,13 +130,13 @@ pub fn intake_consumer(tenant_id: &str) -> consumer::pull::Config {
     }
 }
 
-/// Subject of a due task on READY that no queue limit governs.
-pub fn ready_subject(tier: Tier, tenant_id: &str) -> String {
+/// Subject of a due task on READY that no queue limit governs; like INTAKE's, it
+/// ends with the task id.
+pub fn ready_subject(tier: Tier, tenant_id: &str, task_id: &str) -> String {
     format!(
-        "tern.ready.open.{}.{}.{}",
+        "tern.ready.open.{}.{}.{tenant_id}.{task_id}",
         tier.as_str(),
         partition(tenant_id),
-        tenant_id
     )
 }
 
@@ -511,12 +516,12 @@ mod tests {
             assert!(partition(id) < PARTITIONS);
         }
         assert_eq!(
-            intake_subject(Tier::Free, "acme"),
-            format!("tern.intake.free.{}.acme", partition("acme"))
+            intake_subject(Tier::Free, "acme", "t-1"),
+            format!("tern.intake.free.{}.acme.t-1", partition("acme"))
         );
         assert_eq!(
-            ready_subject(Tier::Free, "acme"),
-            format!("tern.ready.open.free.{}.acme", partition("acme"))
+            ready_subject(Tier::Free, "acme", "t-1"),
+            format!("tern.ready.open.free.{}.acme.t-1", partition("acme"))
         );
     }
 
@@ -526,7 +531,7 @@ mod tests {
         assert_eq!(subject, "tern.ready.limited.acme.orders");
         let open = READY_OPEN_FILTER.trim_end_matches('>');
         assert!(!subject.starts_with(open));
-        assert!(ready_subject(Tier::Business, "open").starts_with(open));
+        assert!(ready_subject(Tier::Business, "open", "t-1").starts_with(open));
     }
 
     #[test]

@@ -16,7 +16,9 @@ use tern_core::retry::{self, Receiver, Step};
 use tern_core::round::{self, Round};
 use tern_core::sealing::Sealer;
 use tern_core::task_span::trace_id_of;
-use tern_core::task_store::{Change, TaskStore, Updated, initial_record, is_terminal};
+use tern_core::task_store::{
+    Change, CreateError, StoreError, TaskStore, Updated, initial_record, is_terminal,
+};
 use tern_core::tenants::Tenants;
 use tern_core::topology::{dlq_subject, intake_subject};
 use tern_core::url_guard::FailureKind;
@@ -75,10 +77,7 @@ async fn deliver(
     task: Task,
     abort: CancellationToken,
 ) {
-    // A fresh task's record is its initial record at `record_revision`; 0 means the
-    // publisher could not vouch for that (a re-drive), so read it first.
-    let known = (task.record_revision > 0).then(|| (initial_record(&task), task.record_revision));
-    let claimed = ctx.store.update(&task.id, known, claim).await;
+    let claimed = claim_task(&ctx.store, &task).await;
     let (record, revision) = match claimed {
         Ok(Updated::Written(record, revision)) => (record, revision),
         Ok(Updated::Declined(record, _)) => {
@@ -311,7 +310,7 @@ async fn publish_callback(
         .headers(headers);
     let tier = tern_core::tier::Tier::from_proto(task.tier());
     ctx.js
-        .send_publish(intake_subject(tier, &task.tenant_id), publish)
+        .send_publish(intake_subject(tier, &task.tenant_id, &task.id), publish)
         .await
         .map_err(|e| e.to_string())?
         .await
@@ -327,6 +326,25 @@ fn refused_round(task: &Task, kind: FailureKind, message: &str) -> Round {
         winner: None,
         last_per_target: vec![0],
     }
+}
+
+/// Claims `task`'s record. A deferred record is created as claimed; if it exists
+/// already (a cancel came first, or this is a redelivery) the claim decides on it. A
+/// fresh task's record is its initial record at `record_revision`; 0 means the
+/// publisher could not vouch for that (a re-drive), so it is read first.
+async fn claim_task(store: &TaskStore, task: &Task) -> Result<Updated, StoreError> {
+    if task.record_deferred {
+        let mut record = initial_record(task);
+        claim(&mut record);
+        match store.create(&record).await {
+            Ok(revision) => return Ok(Updated::Written(record, revision)),
+            Err(CreateError::Exists) => {}
+            Err(CreateError::Store(e)) => return Err(e),
+        }
+        return store.update(&task.id, None, claim).await;
+    }
+    let known = (task.record_revision > 0).then(|| (initial_record(task), task.record_revision));
+    store.update(&task.id, known, claim).await
 }
 
 /// The claim: queued (or re-claimed processing, after a crash) becomes processing.

@@ -119,9 +119,14 @@ impl Ingress {
         let runtime = Runtime::start(&self.config, "tern-ingress", &shutdown).await?;
         let queues =
             tern_core::queues::Queues::follow(runtime.topology.queues.clone(), shutdown.clone());
+        let tasks = tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone());
+        let lookup = tern_core::task_lookup::TaskLookup::new(&runtime.topology.js, tasks.clone())
+            .await
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let state = Arc::new(state::Shared {
             tenants: Arc::new(tenants),
-            tasks: tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
+            tasks,
+            lookup,
             idempotency: tern_core::idempotency::IdempotencyStore::new(
                 runtime.topology.idempotency.clone(),
             ),

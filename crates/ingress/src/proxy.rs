@@ -465,6 +465,7 @@ async fn accept(
         created_at_ms: tern_core::now_ms(),
         retry: Some(retry),
         record_revision: 0,
+        record_deferred: false,
         callback_deadline_ms: 0,
         notify_url: String::new(),
         not_before_ms: 0,

@@ -22,6 +22,8 @@ pub struct Shared {
     pub tenants: Arc<Tenants>,
     /// Task records.
     pub tasks: TaskStore,
+    /// Finds tasks whose record is deferred as well (reads and cancels).
+    pub lookup: tern_core::task_lookup::TaskLookup,
     /// Idempotency keys.
     pub idempotency: IdempotencyStore,
     /// JetStream, for completion notifications.

@@ -13,10 +13,9 @@ use tern_core::duration::HumanDuration;
 use tern_core::idempotency;
 use tern_core::media_type;
 use tern_core::task_request::TaskRequest;
-use tern_core::task_store::{Change, Updated};
+use tern_core::task_store::Updated;
 use tern_core::task_view::TaskView;
 use tern_core::tenants::Tenant;
-use tern_proto::v1::TaskStatus;
 use tracing::Instrument;
 
 use crate::auth::Authenticated;
@@ -375,22 +374,9 @@ pub async fn cancel(
     let not_found = || ApiError::NotFound(format!("no task {id:?}"));
     // Not a task id at all: answer as for an unknown task, without a lookup.
     uuid::Uuid::try_parse(&id).map_err(|_| not_found())?;
-    let now = tern_core::now_ms();
     let updated = state
-        .tasks
-        .update(&id, None, |r| {
-            if r.tenant_id != tenant.id {
-                return Change::Decline;
-            }
-            match r.status() {
-                TaskStatus::Queued | TaskStatus::Scheduled => {
-                    r.status = TaskStatus::Cancelled as i32;
-                    r.updated_at_ms = now;
-                    Change::Write
-                }
-                _ => Change::Decline,
-            }
-        })
+        .lookup
+        .cancel(&tenant, &id, tern_core::now_ms())
         .await?;
     match updated {
         Updated::Written(record, _) => {
@@ -430,8 +416,8 @@ pub async fn get(
     let not_found = || ApiError::NotFound(format!("no task {id:?}"));
     // Not a task id at all: answer as for an unknown task, without a lookup.
     uuid::Uuid::try_parse(&id).map_err(|_| not_found())?;
-    match state.tasks.get(&id).await? {
-        Some((record, _)) if record.tenant_id == tenant.id => Ok(Json(TaskView::from(&record))),
-        _ => Err(not_found()),
+    match state.lookup.find(&tenant, &id).await? {
+        Some(found) => Ok(Json(TaskView::from(&found.record()))),
+        None => Err(not_found()),
     }
 }

@@ -112,6 +112,7 @@ async fn release_task(
     if release {
         // The record has moved on from the task's initial one: the worker reads it.
         task.record_revision = 0;
+        task.record_deferred = false;
         let published = tern_core::accept::publish_to_intake(js, &task).await;
         if let Err(e) = published {
             tracing::warn!(task_id = %task.id, error = %e, "could not queue a due task; retrying");

@@ -10,7 +10,9 @@
 //! The READY subject depends on the task's queue: a queue with limits has its own (see
 //! [`tern_core::queue_limits`]), decided here from the scheduler's mirror of the
 //! policies, so a policy change applies to tasks forwarded after it. Such tasks wait on
-//! their queue's own consumer, so they take no READY credit.
+//! their queue's own consumer, so they take no READY credit. A limited queue's subject
+//! does not name the task, so a task whose record is deferred gets its record here,
+//! before it goes there (see [`tern_core::task_lookup`]).
 //!
 //! Several scheduler replicas share the per-tenant consumers, so each task reaches one
 //! of them; each replica orders what it holds. They read the same READY backlog, so
@@ -22,6 +24,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use tern_core::config::SchedulerConfig;
 use tern_core::queues::Queues;
+use tern_core::task_store::{CreateError, TaskStore, initial_record};
 use tern_core::tier::Tier;
 use tern_core::topology::{READY_OPEN_FILTER, READY_STREAM, WORKER_CONSUMER};
 use tern_proto::Message;
@@ -59,30 +62,61 @@ pub fn ready_subject_for(intake_subject: &str) -> Option<String> {
         .map(|rest| format!("tern.ready.open.{rest}"))
 }
 
-/// Where an intake message goes: its queue's limited subject or the open one. An
-/// undecodable task still goes to the open subject, where a worker terminates it.
-/// Also the span of the forward, in the task's trace.
-fn destination(message: &jetstream::Message, queues: &Queues) -> Option<(String, Span)> {
-    match Task::decode(message.payload.clone()) {
-        Ok(task) => Some((
-            tern_core::queue_limits::ready_subject_for(
-                &task,
-                queues.policy(&task.tenant_id, &task.queue).as_ref(),
-            ),
-            tern_core::task_span::start(
-                tern_core::task_span::Step::Schedule,
-                &task.id,
-                &task.traceparent,
-            ),
-        )),
-        Err(_) => ready_subject_for(&message.subject).map(|subject| (subject, Span::none())),
-    }
+/// Where an intake message goes.
+struct Destination {
+    /// Its queue's limited subject or the open one.
+    subject: String,
+    /// The forward's span, in the task's trace.
+    span: Span,
+    /// A deferred task bound for a limited subject, whose record must be created first.
+    needs_record: Option<Task>,
+}
+
+/// Where an intake message goes. An undecodable task still goes to the open subject,
+/// where a worker terminates it.
+fn destination(message: &jetstream::Message, queues: &Queues) -> Option<Destination> {
+    let Ok(task) = Task::decode(message.payload.clone()) else {
+        return ready_subject_for(&message.subject).map(|subject| Destination {
+            subject,
+            span: Span::none(),
+            needs_record: None,
+        });
+    };
+    let subject = tern_core::queue_limits::ready_subject_for(
+        &task,
+        queues.policy(&task.tenant_id, &task.queue).as_ref(),
+    );
+    let span = tern_core::task_span::start(
+        tern_core::task_span::Step::Schedule,
+        &task.id,
+        &task.traceparent,
+    );
+    let open = subject.starts_with(READY_OPEN_FILTER.trim_end_matches('>'));
+    Some(Destination {
+        subject,
+        span,
+        needs_record: (task.record_deferred && !open).then_some(task),
+    })
+}
+
+/// The payload to forward for `task`, after creating its deferred record: the task
+/// then carries the record's revision, or 0 when the record exists already (a cancel
+/// came first, or an earlier forward was cut short), so the worker reads it.
+async fn with_record(tasks: &TaskStore, mut task: Task) -> Result<bytes::Bytes, String> {
+    task.record_revision = match tasks.create(&initial_record(&task)).await {
+        Ok(revision) => revision,
+        Err(CreateError::Exists) => 0,
+        Err(CreateError::Store(e)) => return Err(e.to_string()),
+    };
+    task.record_deferred = false;
+    Ok(task.encode_to_vec().into())
 }
 
 /// Forwards the intake of `tenants` until `shutdown` fires; in-flight forwards finish
 /// and buffered messages go back to INTAKE first.
 pub async fn run(
     js: jetstream::Context,
+    tasks: TaskStore,
     tenants: Vec<(String, Tier)>,
     queues: Queues,
     config: SchedulerConfig,
@@ -118,13 +152,16 @@ pub async fn run(
             let Some((tier, _, next)) = fair.pop() else {
                 break;
             };
-            let Some((subject, span)) = destination(&next.message, &queues) else {
+            let Some(destination) = destination(&next.message, &queues) else {
                 tracing::error!(subject = %next.message.subject, "unexpected intake subject; dropping");
                 let _ = next.message.ack_with(AckKind::Term).await;
                 credit.give_back();
                 continue;
             };
-            if !subject.starts_with(READY_OPEN_FILTER.trim_end_matches('>')) {
+            if !destination
+                .subject
+                .starts_with(READY_OPEN_FILTER.trim_end_matches('>'))
+            {
                 credit.give_back();
             }
             let permit = tokio::select! {
@@ -135,7 +172,8 @@ pub async fn run(
                 permit = in_flight.clone().acquire_owned() => permit
                     .map_err(|e| ForwardError::new(e.to_string()))?,
             };
-            forward(&shared, subject, next, permit)
+            let span = destination.span.clone();
+            forward(&shared, &tasks, destination, next, permit)
                 .instrument(span)
                 .await;
         }
@@ -191,26 +229,76 @@ pub async fn run(
     Ok(())
 }
 
+/// How a forward reaches READY.
+enum Send {
+    /// Published at once; the acknowledgement is pending.
+    Now(Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>),
+    /// A deferred task's record is created first, then it is published.
+    AfterRecord {
+        task: Task,
+        subject: String,
+        publish: jetstream::message::PublishMessage,
+        js: Arc<jetstream::Context>,
+        tasks: TaskStore,
+    },
+}
+
 /// Publishes `held` to READY now (so READY keeps the dispatch order) and acks the
-/// intake copy in the background once READY confirmed it.
+/// intake copy in the background once READY confirmed it. A task that needs its
+/// record first is published in the background, after the record is written (its
+/// limited queue keeps an order of its own, which the creates, issued in order, keep).
 async fn forward(
     js: &Arc<jetstream::Context>,
-    subject: String,
+    tasks: &TaskStore,
+    destination: Destination,
     held: Pulled,
     permit: OwnedSemaphorePermit,
 ) {
-    let message = &held.message;
-    let mut publish = jetstream::message::PublishMessage::build().payload(message.payload.clone());
-    if let Some(headers) = message.headers.clone() {
+    let Destination {
+        subject,
+        needs_record,
+        ..
+    } = destination;
+    let mut publish = jetstream::message::PublishMessage::build();
+    if let Some(headers) = held.message.headers.clone() {
         publish = publish.headers(headers);
     }
-    let sent = js.send_publish(subject, publish).await;
+    // Exactly one of the two: published now, or once the record is written.
+    let send = match needs_record {
+        None => Send::Now(
+            js.send_publish(subject, publish.payload(held.message.payload.clone()))
+                .await,
+        ),
+        Some(task) => Send::AfterRecord {
+            task,
+            subject,
+            publish,
+            js: js.clone(),
+            tasks: tasks.clone(),
+        },
+    };
     let tier = held.tier;
     let span = Span::current();
     let confirmed = async move {
+        let sent = match send {
+            Send::Now(sent) => sent.map_err(|e| e.to_string()),
+            Send::AfterRecord {
+                task,
+                subject,
+                publish,
+                js,
+                tasks,
+            } => match with_record(&tasks, task).await {
+                Ok(payload) => js
+                    .send_publish(subject, publish.payload(payload))
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            },
+        };
         let result = match sent {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
         match result {
             Ok(()) => {
@@ -243,8 +331,8 @@ mod tests {
     #[test]
     fn maps_intake_to_ready_subjects() {
         assert_eq!(
-            ready_subject_for("tern.intake.free.3.acme").as_deref(),
-            Some("tern.ready.open.free.3.acme")
+            ready_subject_for("tern.intake.free.3.acme.t-1").as_deref(),
+            Some("tern.ready.open.free.3.acme.t-1")
         );
         assert_eq!(ready_subject_for("tern.other.x"), None);
     }

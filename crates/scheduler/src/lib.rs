@@ -99,6 +99,7 @@ impl Scheduler {
         );
         let forwarding = forward::run(
             runtime.topology.js.clone(),
+            tern_core::task_store::TaskStore::new(runtime.topology.tasks.clone()),
             tenant_tiers,
             queues,
             self.config.scheduler.clone(),
