@@ -218,3 +218,85 @@ async fn exhausted_task_is_dead_lettered_with_its_history() {
     assert_eq!(letter.task.unwrap().id, task_id);
     system.stop().await;
 }
+
+/// Messages on `stream` right now.
+async fn messages_on(nats: &NatsServer, stream: &str) -> u64 {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = tern_core::nats::jetstream(client);
+    let mut stream = js.get_stream(stream).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+/// A plain webhook task has no record until a worker claims it: before that it is
+/// read and cancelled through its message, on INTAKE (no scheduler) and on READY (no
+/// worker), and stays private to its tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclaimed_tasks_are_read_and_cancelled_where_they_wait() {
+    let nats = NatsServer::start().await;
+    let mut system = TernSystem::start(&nats).await;
+    let receiver = Receiver::start().await;
+    system.stop_worker().await;
+    system.stop_scheduler().await;
+    let task = |n: u32| json!({"queue": "q", "webhook_url": receiver.url("/"), "payload": {"n": n}});
+
+    // On INTAKE.
+    let kept = system.submit_id(ACME.api_key, &task(1)).await;
+    let cancelled_early = system.submit_id(ACME.api_key, &task(2)).await;
+    assert_eq!(messages_on(&nats, "TERN_INTAKE").await, 2);
+    let (status, body) = system.task(ACME.api_key, &kept).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "queued");
+    assert_eq!(body["queue"], "q");
+    assert_eq!(body["webhook_url"], receiver.url("/"));
+    assert!(body["created_at"].is_string(), "{body}");
+    assert_eq!(body["attempts"], json!([]));
+    let path = format!("/v1/tasks/{kept}");
+    for method in [http::Method::GET, http::Method::DELETE] {
+        let (status, body) = system.call(GLOBEX.api_key, method, &path, None).await;
+        assert_eq!(status, 404, "another tenant's unclaimed task: {body}");
+    }
+    let cancel = |id: &str| {
+        let path = format!("/v1/tasks/{id}");
+        let system = &system;
+        async move { system.call(ACME.api_key, http::Method::DELETE, &path, None).await }
+    };
+    let (status, body) = cancel(&cancelled_early).await;
+    assert_eq!((status, &body["status"]), (200, &json!("cancelled")), "{body}");
+    let (status, _) = cancel(&cancelled_early).await;
+    assert_eq!(status, 409, "a cancelled task cannot be cancelled again");
+
+    // On READY.
+    system.start_scheduler().await;
+    let cancelled_late = system.submit_id(ACME.api_key, &task(3)).await;
+    let last = system.submit_id(ACME.api_key, &task(4)).await;
+    wait_until("all four on READY", Duration::from_secs(10), || async {
+        (messages_on(&nats, "TERN_INTAKE").await == 0 && messages_on(&nats, "TERN_READY").await == 4)
+            .then_some(())
+    })
+    .await;
+    let (_, body) = system.task(ACME.api_key, &cancelled_late).await;
+    assert_eq!(body["status"], "queued");
+    let (status, body) = cancel(&cancelled_late).await;
+    assert_eq!((status, &body["status"]), (200, &json!("cancelled")), "{body}");
+    let (_, body) = system.task(ACME.api_key, &cancelled_early).await;
+    assert_eq!(body["status"], "cancelled");
+
+    // The worker delivers the two that were kept, in order, and drops the others.
+    system.start_worker().await;
+    for id in [&kept, &last] {
+        system.wait_for_status(ACME.api_key, id, "succeeded").await;
+    }
+    wait_until("READY drained", Duration::from_secs(10), || async {
+        (messages_on(&nats, "TERN_READY").await == 0).then_some(())
+    })
+    .await;
+    let delivered: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(delivered, vec![kept.clone(), last.clone()]);
+    let (status, body) = cancel(&kept).await;
+    assert_eq!(status, 409, "{body}");
+    system.stop().await;
+}

@@ -298,3 +298,41 @@ impl Acceptor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::v1::NotifyWork;
+
+    fn webhook() -> Task {
+        Task {
+            id: "t-1".into(),
+            work: Some(Work::Webhook(WebhookWork::default())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_plain_webhooks_due_now_defer_their_record() {
+        assert!(defers_record(&webhook()));
+        let delayed = Task {
+            not_before_ms: 1,
+            ..webhook()
+        };
+        let awaiting = Task {
+            callback_deadline_ms: 1,
+            ..webhook()
+        };
+        let scheduled = Task {
+            schedule_id: "s-1".into(),
+            ..webhook()
+        };
+        let notification = Task {
+            work: Some(Work::Notify(NotifyWork::default())),
+            ..webhook()
+        };
+        for task in [delayed, awaiting, scheduled, notification] {
+            assert!(!defers_record(&task), "{task:?}");
+        }
+    }
+}
