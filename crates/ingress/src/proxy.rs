@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tern_core::duration;
-use tern_core::executor::AttemptResult;
+use tern_core::executor::{AttemptResult, insert_header};
 use tern_core::idempotency;
 use tern_core::policy;
 use tern_core::proxy::{self as proxy_work, failed_status, forwarded_headers, upstream_label};
@@ -447,7 +447,7 @@ async fn proxy(
     if control.callback_url.is_some() {
         accept(state, &tenant, &control, work, retry).await
     } else {
-        call(state, &tenant, work, retry).await
+        call(state, &tenant, work, retry, control.traceparent.as_deref()).await
     }
 }
 
@@ -525,14 +525,19 @@ async fn accept(
 }
 
 /// Sync mode: rounds with the retry policy's delays, within `proxy.sync_deadline`;
-/// the upstream's last response goes back as it came.
+/// the upstream's last response goes back as it came. Every request carries a
+/// `traceparent` in the client's trace (`incoming`), or in a new one.
 async fn call(
     state: &AppState,
     tenant: &Tenant,
     work: ProxyWork,
     retry: RetryPolicy,
+    incoming: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let targets = proxy_work::targets(
+    let trace = incoming
+        .and_then(trace_context::TraceParent::parse)
+        .unwrap_or_else(trace_context::TraceParent::new_root);
+    let mut targets = proxy_work::targets(
         &work,
         &tenant.id,
         state.sealer.as_ref(),
@@ -546,6 +551,11 @@ async fn call(
     let mut rounds = 0u32;
     loop {
         rounds += 1;
+        // Tern's own span per round; it replaces the client's header, forwarded as is.
+        let span = trace.child().to_string();
+        for target in &mut targets {
+            insert_header(&mut target.request.headers, trace_context::HEADER, &span);
+        }
         let round = round::run(&targets, Receiver::Upstream, |request| {
             state.executor.execute(request, None)
         });
