@@ -228,7 +228,7 @@ async fn metrics_count_the_flow_and_logs_carry_ids_but_never_secrets() {
     })
     .await;
     let admin_port = tern_tests::free_port();
-    let system = ProcessSystem::start(
+    let mut system = ProcessSystem::start(
         &nats.url(),
         &[
             ("RUST_LOG", "debug".to_string()),
@@ -481,4 +481,38 @@ async fn metrics_count_the_flow_and_logs_carry_ids_but_never_secrets() {
     }
     // Also the services that did not handle a task: lines naming it carry it too.
     lines_about(&system.resolver.log(), &ok_id, OK_TRACE, "resolver");
+
+    // The backlog gauges follow READY: with no worker a task waits there, and the
+    // next worker takes it (last, as it replaces the worker whose logs were read).
+    let pending = [("stream", "TERN_READY"), ("consumer", "delivery")];
+    let ready_pending = || async {
+        value(
+            &scrape(&scheduler_url).await,
+            "tern_consumer_pending",
+            &pending,
+        )
+    };
+    assert!(system.worker.terminate(Duration::from_secs(20)).await);
+    let (code, waiting) = submit(&api, &ok_body, OK_TRACE, None).await;
+    assert_eq!(code, 202, "{waiting}");
+    wait_until(
+        "the task pending on READY",
+        Duration::from_secs(30),
+        || async { (ready_pending().await >= 1.0).then_some(()) },
+    )
+    .await;
+    system.worker = system
+        .processes
+        .start(tern_tests::process::Service::Worker, &[])
+        .await;
+    wait_status(
+        &api,
+        waiting["task_id"].as_str().expect("task_id"),
+        "succeeded",
+    )
+    .await;
+    wait_until("READY drained", Duration::from_secs(30), || async {
+        (ready_pending().await == 0.0).then_some(())
+    })
+    .await;
 }

@@ -46,6 +46,8 @@ struct Shared {
     requests: Mutex<Vec<Received>>,
     respond: Box<Respond>,
     delay: Duration,
+    /// Held requests wait for this before they are answered (see [`Receiver::start_holding`]).
+    release: Option<CancellationToken>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
 }
@@ -91,15 +93,37 @@ impl Receiver {
         Self::start_full(delay, |_, _| StatusCode::OK.into_response()).await
     }
 
+    /// A receiver that holds every request until the returned token is cancelled,
+    /// then answers 200 (to this and every later request, at once).
+    pub async fn start_holding() -> (Self, CancellationToken) {
+        let release = CancellationToken::new();
+        let receiver = Self::start_inner(
+            Duration::ZERO,
+            Some(release.clone()),
+            Box::new(|_, _| StatusCode::OK.into_response()),
+        )
+        .await;
+        (receiver, release)
+    }
+
     /// A receiver that waits `delay`, then answers with a full response.
     pub async fn start_full(
         delay: Duration,
         respond: impl Fn(&Received, usize) -> Response + Send + Sync + 'static,
     ) -> Self {
+        Self::start_inner(delay, None, Box::new(respond)).await
+    }
+
+    async fn start_inner(
+        delay: Duration,
+        release: Option<CancellationToken>,
+        respond: Box<Respond>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
-            respond: Box::new(respond),
+            respond,
             delay,
+            release,
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
         });
@@ -133,7 +157,7 @@ impl Receiver {
         self.shared.requests.lock().expect("lock").len()
     }
 
-    /// Requests being held right now (slow receivers).
+    /// Requests being held right now (slow and holding receivers).
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::SeqCst)
     }
@@ -177,7 +201,11 @@ async fn record(
         requests.push(received.clone());
         requests.len() - 1
     };
-    if !shared.delay.is_zero() {
+    let held = match &shared.release {
+        Some(release) => !release.is_cancelled(),
+        None => !shared.delay.is_zero(),
+    };
+    if held {
         // The caller may give up (timeout) and drop this future mid-sleep: count the
         // request out in a guard so in_flight stays right either way.
         struct Holding<'a>(&'a AtomicUsize);
@@ -189,7 +217,10 @@ async fn record(
         let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let _holding = Holding(&shared.in_flight);
-        tokio::time::sleep(shared.delay).await;
+        match &shared.release {
+            Some(release) => release.cancelled().await,
+            None => tokio::time::sleep(shared.delay).await,
+        }
     }
     (shared.respond)(&received, index)
 }

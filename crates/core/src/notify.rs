@@ -13,6 +13,7 @@ use tern_proto::v1::{NotifyWork, Task, TaskRecord, task::Work};
 
 use crate::task_store::{TaskStore, initial_record, is_terminal};
 use crate::task_view::{TaskView, rfc3339, status_name};
+use crate::trace_context::TraceParent;
 
 /// The event body receivers get.
 #[derive(Serialize)]
@@ -68,8 +69,7 @@ async fn publish(
         not_before_ms: 0,
         schedule_id: String::new(),
         schedule_slot_ms: 0,
-        // The record does not keep the task's trace context: the event starts its own.
-        traceparent: crate::trace_context::for_accepted_task(None),
+        traceparent: event_traceparent(record),
         work: Some(Work::Notify(NotifyWork {
             url: record.notify_url.clone(),
             event_json: event_json(&event_id, record).into(),
@@ -84,10 +84,40 @@ async fn publish(
     Ok(())
 }
 
+/// The event's trace context, in the task's trace so its receiver sees the client's
+/// trace id: a child of the span ending the task while spans are exported (the
+/// `deliver`, `resolve` or `expire` span of the task), else a new span of the task's
+/// trace. A record stored before records kept the trace starts a new one.
+fn event_traceparent(record: &TaskRecord) -> String {
+    let task = TraceParent::parse(&record.traceparent);
+    match (task, crate::task_span::current_traceparent()) {
+        (Some(task), Some(current))
+            if crate::task_span::trace_id_of(&current) == task.trace_id_hex() =>
+        {
+            current
+        }
+        _ => crate::trace_context::for_accepted_task(Some(&record.traceparent)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tern_proto::v1::TaskStatus;
+
+    #[test]
+    fn events_join_the_tasks_trace() {
+        let task = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let record = TaskRecord {
+            traceparent: task.into(),
+            ..Default::default()
+        };
+        let event = TraceParent::parse(&event_traceparent(&record)).expect("valid");
+        assert_eq!(event.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(event.to_string(), task, "a span of its own");
+        let untraced = TraceParent::parse(&event_traceparent(&TaskRecord::default()));
+        assert!(untraced.is_some(), "a record without one starts a trace");
+    }
 
     #[test]
     fn events_have_the_documented_shape() {

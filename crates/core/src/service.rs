@@ -69,6 +69,17 @@ impl Runtime {
         Ok(Self { client, topology })
     }
 
+    /// Sends whatever the client still buffers (acks and naks are published without
+    /// waiting) before the process exits, so a message handed back on shutdown is not
+    /// left to the ack wait; bounded, as NATS may be gone.
+    pub async fn flush(&self) {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "NATS flush on shutdown failed"),
+            Err(_) => tracing::warn!("NATS flush on shutdown timed out"),
+        }
+    }
+
     /// The readiness view of this runtime.
     pub fn health(&self) -> Health {
         Health::new(self.client.clone(), self.topology.clone())

@@ -256,6 +256,7 @@ pub fn initial_record(task: &tern_proto::v1::Task) -> TaskRecord {
             Some(Work::Webhook(w)) => w.content_type.clone(),
             _ => String::new(),
         },
+        traceparent: task.traceparent.clone(),
         ..Default::default()
     }
 }

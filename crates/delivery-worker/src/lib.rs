@@ -87,6 +87,7 @@ impl Worker {
             ops_shutdown.clone(),
         ));
         let result = consume(&runtime, ctx, &config, shutdown).await;
+        runtime.flush().await;
         ops_shutdown.cancel();
         let _ = ops.await;
         result

@@ -14,6 +14,13 @@ use tokio_util::sync::CancellationToken;
 use crate::limited::RateGate;
 use crate::process::{self, Context};
 
+/// How long a stopping loop keeps handing back what its pull request still brings.
+const DRAIN_WINDOW: Duration = Duration::from_millis(250);
+
+/// How long a message handed back while its pull request is open stays away from
+/// it: longer than the rest of the drain window plus the unsubscribe's trip.
+const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
+
 /// Delivers from `consumer` until `stop` fires; `gate` makes every delivery take a
 /// rate token first. An error means the consumer went away.
 pub async fn deliver(
@@ -78,13 +85,16 @@ pub async fn deliver(
         }));
     }
 
-    // Stop pulling: what was already delivered to us but not started goes straight
-    // back. Bounded, because a nak'd message may be redelivered to our still-open pull
-    // request at once; whatever reaches it after we stop listening comes back to
-    // another worker after the ack wait.
-    let drain_until = tokio::time::Instant::now() + Duration::from_millis(250);
+    // Stop pulling: what was already delivered to us but not started goes back. Our
+    // pull request stays open on the server until we unsubscribe, and an immediate nak
+    // would be redelivered to it at once (and be lost to us after the unsubscribe,
+    // until the ack wait ran out); a short delay keeps the message away from it until
+    // the unsubscribe has reached the server, which then offers it to other workers.
+    // Whatever new reaches the request after we stop listening comes back to another
+    // worker after the ack wait.
+    let drain_until = tokio::time::Instant::now() + DRAIN_WINDOW;
     while let Ok(Some(Ok(message))) = tokio::time::timeout_at(drain_until, messages.next()).await {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
+        let _ = message.ack_with(AckKind::Nak(Some(HAND_BACK_DELAY))).await;
     }
     drop(messages);
     let all = concurrency as u32;

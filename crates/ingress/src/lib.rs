@@ -164,25 +164,38 @@ impl Ingress {
             token: self.config.ingress.admin_token.clone(),
             redrive_rate: self.config.ingress.redrive_rate,
         });
-        let admin = tokio::spawn(
-            axum::serve(
-                self.admin,
-                tern_core::http_metrics::instrument(admin::router(admin_state), "admin"),
-            )
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-        );
+        let admin = axum::serve(
+            self.admin,
+            tern_core::http_metrics::instrument(admin::router(admin_state), "admin"),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
         let ops = tokio::spawn(tern_core::ops::serve(
             self.ops,
             runtime.health(),
             shutdown.clone(),
         ));
         tracing::info!(addr = ?self.api.local_addr().ok(), "ingress listening");
-        let served = axum::serve(self.api, router(state))
+        let api = axum::serve(self.api, router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+            .into_future();
+        // On shutdown the listeners close at once and requests in flight may finish;
+        // a slow one (a synchronous proxied call may take `proxy.sync_deadline`) must
+        // not hold the process past its grace, after which the orchestrator kills it
+        // without flushing anything.
+        let grace = self.config.ingress.shutdown_grace.get();
+        let grace_over = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            (served, _) = async { tokio::join!(api, admin) } => served,
+            () = grace_over => {
+                tracing::warn!(?grace, "shutdown grace over; closing the requests still in flight");
+                Ok(())
+            }
+        };
         let _ = ops.await;
-        let _ = admin.await;
         served.map_err(|source| StartError::Bind {
             addr: self.config.ingress.listen,
             source,

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tern_core::duration;
-use tern_core::executor::AttemptResult;
+use tern_core::executor::{AttemptResult, insert_header};
 use tern_core::idempotency;
 use tern_core::policy;
 use tern_core::proxy::{self as proxy_work, failed_status, forwarded_headers, upstream_label};
@@ -316,19 +316,34 @@ enum ProxyResponses {
         ("Idempotent-Replayed" = String, description = "`true` for a replay of an X-Proxy-Idempotency-Key"),
     ))]
     Accepted(Accepted<'static>),
-    #[response(status = 400, description = "A control header (or `webhook`) is malformed or out of bounds; the message names it")]
+    #[response(
+        status = 400,
+        description = "A control header (or `webhook`) is malformed or out of bounds; the message names it"
+    )]
     BadRequest(ErrorBody),
     #[response(status = 404, description = "No route with this X-Route-Key")]
     NotFound(ErrorBody),
-    #[response(status = 409, description = "X-Proxy-Idempotency-Key used for a different call, or still in progress")]
+    #[response(
+        status = 409,
+        description = "X-Proxy-Idempotency-Key used for a different call, or still in progress"
+    )]
     Conflict(ErrorBody),
-    #[response(status = 413, description = "Body larger than `ingress.max_body_bytes`")]
+    #[response(
+        status = 413,
+        description = "Body larger than `ingress.max_body_bytes`"
+    )]
     TooLarge(ErrorBody),
     #[response(status = 502, description = "Sync mode: no upstream answered")]
     BadGateway(ErrorBody),
-    #[response(status = 504, description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed")]
+    #[response(
+        status = 504,
+        description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed"
+    )]
     GatewayTimeout(ErrorBody),
-    #[response(status = "default", description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`")]
+    #[response(
+        status = "default",
+        description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`"
+    )]
     Upstream,
 }
 
@@ -432,7 +447,7 @@ async fn proxy(
     if control.callback_url.is_some() {
         accept(state, &tenant, &control, work, retry).await
     } else {
-        call(state, &tenant, work, retry).await
+        call(state, &tenant, work, retry, control.traceparent.as_deref()).await
     }
 }
 
@@ -511,14 +526,19 @@ async fn accept(
 }
 
 /// Sync mode: rounds with the retry policy's delays, within `proxy.sync_deadline`;
-/// the upstream's last response goes back as it came.
+/// the upstream's last response goes back as it came. Every request carries a
+/// `traceparent` in the client's trace (`incoming`), or in a new one.
 async fn call(
     state: &AppState,
     tenant: &Tenant,
     work: ProxyWork,
     retry: RetryPolicy,
+    incoming: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let targets = proxy_work::targets(
+    let trace = incoming
+        .and_then(trace_context::TraceParent::parse)
+        .unwrap_or_else(trace_context::TraceParent::new_root);
+    let mut targets = proxy_work::targets(
         &work,
         &tenant.id,
         state.sealer.as_ref(),
@@ -532,6 +552,11 @@ async fn call(
     let mut rounds = 0u32;
     loop {
         rounds += 1;
+        // Tern's own span per round; it replaces the client's header, forwarded as is.
+        let span = trace.child().to_string();
+        for target in &mut targets {
+            insert_header(&mut target.request.headers, trace_context::HEADER, &span);
+        }
         let round = round::run(&targets, Receiver::Upstream, |request| {
             state.executor.execute(request, None)
         });

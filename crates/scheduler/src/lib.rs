@@ -121,6 +121,7 @@ impl Scheduler {
         );
         let result = forwarded.and(timed).and(released);
         shutdown.cancel();
+        runtime.flush().await;
         let _ = gauges.await;
         let _ = ops.await;
         result.map_err(|e| StartError::Failed(e.to_string()))
