@@ -316,19 +316,34 @@ enum ProxyResponses {
         ("Idempotent-Replayed" = String, description = "`true` for a replay of an X-Proxy-Idempotency-Key"),
     ))]
     Accepted(Accepted<'static>),
-    #[response(status = 400, description = "A control header (or `webhook`) is malformed or out of bounds; the message names it")]
+    #[response(
+        status = 400,
+        description = "A control header (or `webhook`) is malformed or out of bounds; the message names it"
+    )]
     BadRequest(ErrorBody),
     #[response(status = 404, description = "No route with this X-Route-Key")]
     NotFound(ErrorBody),
-    #[response(status = 409, description = "X-Proxy-Idempotency-Key used for a different call, or still in progress")]
+    #[response(
+        status = 409,
+        description = "X-Proxy-Idempotency-Key used for a different call, or still in progress"
+    )]
     Conflict(ErrorBody),
-    #[response(status = 413, description = "Body larger than `ingress.max_body_bytes`")]
+    #[response(
+        status = 413,
+        description = "Body larger than `ingress.max_body_bytes`"
+    )]
     TooLarge(ErrorBody),
     #[response(status = 502, description = "Sync mode: no upstream answered")]
     BadGateway(ErrorBody),
-    #[response(status = 504, description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed")]
+    #[response(
+        status = 504,
+        description = "Sync mode: the upstream timed out, or `proxy.sync_deadline` passed"
+    )]
     GatewayTimeout(ErrorBody),
-    #[response(status = "default", description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`")]
+    #[response(
+        status = "default",
+        description = "Sync mode: the upstream's last response as it came (status, headers, body), plus `X-Tern-Attempts`"
+    )]
     Upstream,
 }
 
