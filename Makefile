@@ -40,7 +40,7 @@ test: ## Run every test (unit, integration against real nats-server, doc tests, 
 	fi; \
 	scripts/schemathesis.sh
 
-api-fuzz: ## Fuzz the public and admin APIs with schemathesis (part of make test)
+api-fuzz: ## Fuzz the public and admin APIs and the callback resolver with schemathesis (part of make test)
 	@TERN_NATS_SERVER="$$(scripts/nats-server.sh)" scripts/schemathesis.sh
 
 bench: ## Run every benchmark (scripts/bench-suite.sh), or tern-bench with BENCH_ARGS

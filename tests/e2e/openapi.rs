@@ -1,9 +1,11 @@
 //! The OpenAPI documents as served: `/openapi.json` on the public and the admin
 //! listener, and every operation they describe answers on a running ingress (behind
-//! its credentials), while methods they do not describe are `405`.
+//! its credentials), while methods they do not describe are `405`; the same for the
+//! callback resolver's document on its listener (no credentials there).
 
-use serde_json::Value;
-use tern_tests::{NatsServer, TernSystem};
+use serde_json::{Value, json};
+use tern_tests::system::ACME;
+use tern_tests::{NatsServer, Receiver, TernSystem};
 
 const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
@@ -77,5 +79,103 @@ async fn documents_are_served_and_describe_live_routes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resolver_serves_its_document_and_answers_as_it_says() {
+    let nats = NatsServer::start().await;
+    let system = TernSystem::start(&nats).await;
+    let base = &system.resolver_url;
+    let response = system
+        .client()
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    assert_eq!(paths, ["/openapi.json", "/v1/callbacks/{id}"]);
+
+    // Every documented operation answers as documented, without credentials; the
+    // other methods are 405, in the resolver's error shape.
+    let unknown = "ab".repeat(32);
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path.replace("{id}", &unknown);
+        for method in METHODS {
+            let response = system
+                .client()
+                .request(
+                    method.to_uppercase().parse().unwrap(),
+                    format!("{base}{concrete}"),
+                )
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let Some(operation) = item.get(method) else {
+                assert_eq!(status, 405, "{method} {path}: {body}");
+                assert!(body["error"].is_string(), "{method} {path}: {body}");
+                continue;
+            };
+            assert!(
+                operation["responses"].get(status.to_string()).is_some(),
+                "{method} {path}: {status} is not documented"
+            );
+            if path == "/openapi.json" {
+                assert_eq!(status, 200);
+            } else {
+                assert_eq!(status, 404, "{body}");
+                assert_eq!(body, json!({"error": "Invalid or expired callback ID"}));
+            }
+        }
+    }
+    let response = system
+        .client()
+        .get(format!("{base}/v1/not-a-route"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"error": "Not found"})
+    );
+
+    // A callback that resolves its task answers with the documented fields.
+    let receiver = Receiver::start().await;
+    let accepted = system
+        .accepted(
+            ACME.api_key,
+            &json!({"queue": "gen", "webhook_url": receiver.url("/gen"), "payload": {}, "await_callback": {"timeout": "1h"}}),
+        )
+        .await;
+    let id = accepted["task_id"].as_str().unwrap();
+    system.wait_for_status(ACME.api_key, id, "waiting").await;
+    let response = system
+        .client()
+        .post(accepted["callback_url"].as_str().unwrap())
+        .json(&json!({"image": "done"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let task = &response.json::<Value>().await.unwrap()["task"];
+    let schema = &doc["components"]["schemas"]["ResolvedTask"];
+    let mut documented: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+    let mut answered: Vec<&String> = task.as_object().unwrap().keys().collect();
+    documented.sort();
+    answered.sort();
+    assert_eq!(answered, documented, "{task}");
+    assert_eq!(task["status"], "succeeded");
     system.stop().await;
 }

@@ -1,18 +1,19 @@
 //! The callback resolver: the public endpoint third parties call back on.
 //!
 //! Providers POST their answer to `/v1/callbacks/{callbackId}`; the resolver
-//! resolves the waiting task exactly once and stores the body as its result.
+//! resolves the waiting task exactly once and stores the body as its result. The
+//! listener also serves its OpenAPI document at `/openapi.json`.
 
+pub mod openapi;
 pub mod rate_limit;
 pub mod resolve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::routing::post;
-use serde_json::json;
+use axum::http::StatusCode;
 
+use resolve::CallbackError;
 use tern_core::config::Config;
 use tern_core::service::{Runtime, StartError, bind};
 use tokio::net::TcpListener;
@@ -61,18 +62,14 @@ impl Resolver {
             limiter: rate_limit::RateLimiter::new(resolver.rate_limit, resolver.rate_window.get()),
             js: runtime.topology.js.clone(),
         });
-        let app = Router::new()
-            .route("/v1/callbacks/{id}", post(resolve::resolve))
-            .fallback(|| async {
-                (
-                    axum::http::StatusCode::NOT_FOUND,
-                    axum::Json(json!({"error": "Not found"})),
-                )
-            })
+        let app = openapi::api()
+            .split_for_parts()
+            .0
+            .fallback(|| async { CallbackError::response(StatusCode::NOT_FOUND, "Not found") })
             .method_not_allowed_fallback(|| async {
-                (
-                    axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                    axum::Json(json!({"error": "Method not allowed: callbacks are POSTed"})),
+                CallbackError::response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Method not allowed: callbacks are POSTed (GET /openapi.json describes them)",
                 )
             })
             .with_state(state);

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::json;
 use tern_core::callbacks::{self, Callbacks};
 use tern_core::config::ResolverConfig;
 use tern_core::task_span::trace_id_of;
@@ -43,6 +43,27 @@ pub struct Shared {
 
 /// Handler state.
 pub type ResolverState = Arc<Shared>;
+
+/// Every answer but a 200: `{"error": "<message>"}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CallbackError {
+    /// What went wrong, for the provider's logs.
+    #[schema(example = "Invalid or expired callback ID")]
+    pub error: String,
+}
+
+impl CallbackError {
+    /// The answer `status` with `message`.
+    pub fn response(status: StatusCode, message: impl Into<String>) -> Response {
+        (
+            status,
+            Json(CallbackError {
+                error: message.into(),
+            }),
+        )
+            .into_response()
+    }
+}
 
 /// A resolver error: `{"error": "<message>"}` with its status.
 pub struct ResolveError {
@@ -78,7 +99,7 @@ impl ResolveError {
 
 impl IntoResponse for ResolveError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
+        let mut response = CallbackError::response(self.status, self.message);
         if let Some(seconds) = self.retry_after
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
         {
@@ -88,15 +109,32 @@ impl IntoResponse for ResolveError {
     }
 }
 
+/// The answer to a callback that resolved its task.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Resolved {
+    /// The task, now finished.
+    task: ResolvedTask,
+}
+
 /// The task as the resolver reports it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ResolvedTask {
+    /// The task id.
+    #[schema(example = "01934f5e-7a3b-7c9d-8e1f-2a3b4c5d6e7f")]
     id: String,
+    /// Its status: `succeeded`.
+    #[schema(example = "succeeded")]
     status: &'static str,
+    /// The callback as the task's result: `statusCode` 200, the request's headers
+    /// (credentials left out), its body as text, and the time since dispatch in ms.
     result: ResultView,
+    /// When the task was created (RFC 3339).
     #[serde(rename = "createdAt")]
+    #[schema(format = DateTime)]
     created_at: String,
+    /// When the callback resolved it (RFC 3339).
     #[serde(rename = "completedAt")]
+    #[schema(format = DateTime)]
     completed_at: String,
 }
 
@@ -116,10 +154,32 @@ fn kept_headers(headers: &axum::http::HeaderMap) -> BTreeMap<String, String> {
 }
 
 /// `POST /v1/callbacks/{callbackId}`
+#[utoipa::path(
+    post,
+    path = "/v1/callbacks/{id}",
+    tag = "callbacks",
+    summary = "Resolve an await-callback task with the provider's answer",
+    description = "No credentials: the callback id (from `callback_url`) is one. The whole body becomes the task's result and the task `succeeded`; an id resolves its task once.",
+    params(("id" = String, Path, description = "The callback id: 64 hex characters", min_length = 64, max_length = 64, pattern = "^[0-9A-Fa-f]{64}$")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "The provider's answer: any JSON"),
+    responses(
+        (status = 200, description = "The task is resolved", body = Resolved),
+        (status = 400, description = "The body is not JSON", body = CallbackError),
+        (status = 404, description = "Unknown, malformed, used or expired callback id", body = CallbackError),
+        (status = 409, description = "The task is no longer waiting (it timed out or was cancelled)", body = CallbackError),
+        (status = 413, description = "Body larger than `resolver.max_body_bytes`", body = CallbackError),
+        (status = 429, description = "Over `resolver.rate_limit` calls per `resolver.rate_window` from this address", body = CallbackError, headers(
+            ("Retry-After" = String, description = "Seconds until a call is allowed again"),
+        )),
+        (status = 503, description = "NATS did not answer; call again", body = CallbackError, headers(
+            ("Retry-After" = String, description = "Seconds to wait"),
+        )),
+    ),
+)]
 pub async fn resolve(
     State(state): State<ResolverState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Result<Response, ResolveError> {
     let source = client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies);
@@ -129,6 +189,8 @@ pub async fn resolve(
         error.retry_after = Some(retry_after.as_secs().max(1));
         return Err(error);
     }
+    // A segment that does not even decode is as unknown as a malformed id.
+    let id = id.map(|Path(id)| id).unwrap_or_default();
     if !callbacks::is_well_formed(&id) {
         metrics::counter!("tern_callbacks_total", "result" => "invalid").increment(1);
         return Err(ResolveError::not_found());
@@ -242,13 +304,15 @@ async fn resolve_task(
     };
     Ok((
         StatusCode::OK,
-        Json(json!({"task": ResolvedTask {
-            id: record.id.clone(),
-            status: status_name(record.status()),
-            result,
-            created_at: rfc3339(record.created_at_ms),
-            completed_at: rfc3339(record.updated_at_ms),
-        }})),
+        Json(Resolved {
+            task: ResolvedTask {
+                id: record.id.clone(),
+                status: status_name(record.status()),
+                result,
+                created_at: rfc3339(record.created_at_ms),
+                completed_at: rfc3339(record.updated_at_ms),
+            },
+        }),
     )
         .into_response())
 }

@@ -21,6 +21,7 @@ pub mod kv_cache;
 pub mod media_type;
 pub mod nats;
 pub mod notify;
+pub mod openapi;
 pub mod ops;
 pub mod policy;
 pub mod proxy;

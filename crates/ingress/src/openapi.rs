@@ -9,8 +9,8 @@
 use std::sync::LazyLock;
 
 use axum::body::Bytes;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use tern_core::openapi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 
@@ -179,24 +179,8 @@ pub fn admin() -> OpenApi {
     )
 }
 
-fn render(doc: OpenApi) -> Bytes {
-    // Serialising our own document cannot fail; an empty answer would show if it did.
-    Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
-}
-
-static PUBLIC_JSON: LazyLock<Bytes> = LazyLock::new(|| render(public()));
-static ADMIN_JSON: LazyLock<Bytes> = LazyLock::new(|| render(admin()));
-
-fn json(bytes: &Bytes) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        bytes.clone(),
-    )
-        .into_response()
-}
+static PUBLIC_JSON: LazyLock<Bytes> = LazyLock::new(|| openapi::render(&public()));
+static ADMIN_JSON: LazyLock<Bytes> = LazyLock::new(|| openapi::render(&admin()));
 
 /// `GET /openapi.json` on the public listener.
 #[utoipa::path(
@@ -208,7 +192,7 @@ fn json(bytes: &Bytes) -> Response {
     responses((status = 200, description = "The OpenAPI 3.1 document of the public API", content_type = "application/json", body = Object)),
 )]
 pub async fn public_document() -> Response {
-    json(&PUBLIC_JSON)
+    openapi::json_response(&PUBLIC_JSON)
 }
 
 /// `GET /openapi.json` on the admin listener.
@@ -221,112 +205,25 @@ pub async fn public_document() -> Response {
     responses((status = 200, description = "The OpenAPI 3.1 document of the admin API", content_type = "application/json", body = Object)),
 )]
 pub async fn admin_document() -> Response {
-    json(&ADMIN_JSON)
+    openapi::json_response(&ADMIN_JSON)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use tern_core::openapi::mismatches;
 
     use super::*;
 
-    /// Every route an axum router serves, read from its `Debug` output (axum has no
-    /// other way to list them): path → methods, `*` for a route taking any method.
-    /// HEAD is left out: axum answers it for every GET.
-    fn registered<S>(router: &axum::Router<S>) -> BTreeMap<String, BTreeSet<String>> {
-        let debug = format!("{router:?}");
-        let main = debug.split("fallback_router:").next().unwrap_or_default();
-        let (routes, node) = main
-            .split_once("node: Node { paths: {")
-            .expect("axum's Router Debug lists its paths");
-        let mut paths = HashMap::new();
-        for entry in node.split("RouteId(").skip(1) {
-            let (id, rest) = entry.split_once("): \"").expect("RouteId(n): \"path\"");
-            paths.insert(id.to_string(), rest.split('"').next().unwrap().to_string());
-        }
-        let mut out = BTreeMap::new();
-        for entry in routes.split("RouteId(").skip(1) {
-            let (id, rest) = entry.split_once(')').expect("RouteId(n)");
-            let methods: BTreeSet<String> = match rest.split("allow_header: Bytes(b\"").nth(1) {
-                Some(allow) => allow
-                    .split('"')
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|m| *m != "HEAD")
-                    .map(str::to_string)
-                    .collect(),
-                None if rest.contains("fallback: BoxedHandler") => ["*".to_string()].into(),
-                None => BTreeSet::new(),
-            };
-            out.insert(paths[id].clone(), methods);
-        }
-        assert!(!out.is_empty(), "no routes read from {debug}");
-        out
-    }
-
-    /// Path → methods the document describes.
-    fn documented(doc: &OpenApi) -> BTreeMap<String, BTreeSet<String>> {
-        doc.paths
-            .paths
-            .iter()
-            .map(|(path, item)| {
-                let methods = [
-                    ("GET", &item.get),
-                    ("PUT", &item.put),
-                    ("POST", &item.post),
-                    ("DELETE", &item.delete),
-                    ("OPTIONS", &item.options),
-                    ("HEAD", &item.head),
-                    ("PATCH", &item.patch),
-                    ("TRACE", &item.trace),
-                ]
-                .into_iter()
-                .filter(|(_, op)| op.is_some())
-                .map(|(m, _)| m.to_string())
-                .collect();
-                (path.clone(), methods)
-            })
-            .collect()
-    }
-
-    /// Where `served` and the document disagree: a route that takes any method must
-    /// document some, others exactly theirs, and nothing is documented that is not
-    /// served.
-    fn mismatches(served: &BTreeMap<String, BTreeSet<String>>, doc: &OpenApi) -> Vec<String> {
-        let described = documented(doc);
-        let mut problems = Vec::new();
-        for (path, methods) in served {
-            match described.get(path) {
-                None => problems.push(format!("{path} is served but not documented")),
-                Some(documented) if methods.contains("*") && documented.is_empty() => {
-                    problems.push(format!("{path}: no operation documented"))
-                }
-                Some(documented) if !methods.contains("*") && methods != documented => problems
-                    .push(format!(
-                        "{path}: serves {methods:?}, documents {documented:?}"
-                    )),
-                Some(_) => {}
-            }
-        }
-        for path in described.keys() {
-            if !served.contains_key(path) {
-                problems.push(format!("{path} is documented but not served"));
-            }
-        }
-        problems
-    }
-
     #[test]
     fn every_public_route_is_documented() {
-        let served = registered(&crate::public_api().split_for_parts().0);
+        let served = openapi::served(&crate::public_api().split_for_parts().0);
         assert!(served.contains_key("/v1/tasks") && served["/v1/proxy"].contains("*"));
         assert_eq!(mismatches(&served, &public()), Vec::<String>::new());
     }
 
     #[test]
     fn every_admin_route_is_documented() {
-        let served = registered(&crate::admin::api().split_for_parts().0);
+        let served = openapi::served(&crate::admin::api().split_for_parts().0);
         assert!(served.contains_key("/admin/v1/dlq"));
         assert_eq!(mismatches(&served, &admin()), Vec::<String>::new());
     }
@@ -338,14 +235,14 @@ mod tests {
             .0
             .route("/v1/undocumented", axum::routing::get(|| async {}))
             .route("/v1/queues", axum::routing::post(|| async {}));
-        let problems = mismatches(&registered(&router), &public());
+        let problems = mismatches(&openapi::served(&router), &public());
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]
     fn documents_are_openapi_3_1_with_errors_auth_and_headers() {
         for (doc, scheme) in [(public(), "api_key"), (admin(), "admin_token")] {
-            let json: serde_json::Value = serde_json::from_slice(&render(doc)).unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&openapi::render(&doc)).unwrap();
             assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
             assert_eq!(
                 json["components"]["securitySchemes"][scheme]["scheme"],
