@@ -162,7 +162,9 @@ impl Acceptor {
     pub async fn enqueue(&self, tenant: &Tenant, mut task: Task) -> Result<(), AcceptError> {
         if defers_record(&task) {
             task.record_deferred = true;
-            self.publish(&task).await.map_err(AcceptError::Unavailable)?;
+            self.publish(&task)
+                .await
+                .map_err(AcceptError::Unavailable)?;
         } else {
             self.store_and_publish(&mut task).await?;
         }

@@ -122,10 +122,14 @@ impl TaskLookup {
     /// Its tier is looked for first under the tenant's current tier, then the others
     /// (the configuration may have changed the tenant's tier since).
     async fn unclaimed(&self, tenant: &Tenant, id: &str) -> Result<Option<Task>, StoreError> {
-        let tiers = std::iter::once(tenant.tier).chain(Tier::ALL.into_iter().filter(|t| *t != tenant.tier));
+        let tiers =
+            std::iter::once(tenant.tier).chain(Tier::ALL.into_iter().filter(|t| *t != tenant.tier));
         let tiers: Vec<Tier> = tiers.collect();
         for (stream, subject_of) in [
-            (&self.intake, intake_subject as fn(Tier, &str, &str) -> String),
+            (
+                &self.intake,
+                intake_subject as fn(Tier, &str, &str) -> String,
+            ),
             (&self.ready, ready_subject),
         ] {
             for tier in &tiers {

@@ -234,13 +234,16 @@ enum Send {
     /// Published at once; the acknowledgement is pending.
     Now(Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>),
     /// A deferred task's record is created first, then it is published.
-    AfterRecord {
-        task: Task,
-        subject: String,
-        publish: jetstream::message::PublishMessage,
-        js: Arc<jetstream::Context>,
-        tasks: TaskStore,
-    },
+    AfterRecord(Box<AfterRecord>),
+}
+
+/// A forward that waits for its task's record (see [`with_record`]).
+struct AfterRecord {
+    task: Task,
+    subject: String,
+    publish: jetstream::message::PublishMessage,
+    js: Arc<jetstream::Context>,
+    tasks: TaskStore,
 }
 
 /// Publishes `held` to READY now (so READY keeps the dispatch order) and acks the
@@ -269,32 +272,35 @@ async fn forward(
             js.send_publish(subject, publish.payload(held.message.payload.clone()))
                 .await,
         ),
-        Some(task) => Send::AfterRecord {
+        Some(task) => Send::AfterRecord(Box::new(AfterRecord {
             task,
             subject,
             publish,
             js: js.clone(),
             tasks: tasks.clone(),
-        },
+        })),
     };
     let tier = held.tier;
     let span = Span::current();
     let confirmed = async move {
         let sent = match send {
             Send::Now(sent) => sent.map_err(|e| e.to_string()),
-            Send::AfterRecord {
-                task,
-                subject,
-                publish,
-                js,
-                tasks,
-            } => match with_record(&tasks, task).await {
-                Ok(payload) => js
-                    .send_publish(subject, publish.payload(payload))
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            },
+            Send::AfterRecord(later) => {
+                let AfterRecord {
+                    task,
+                    subject,
+                    publish,
+                    js,
+                    tasks,
+                } = *later;
+                match with_record(&tasks, task).await {
+                    Ok(payload) => js
+                        .send_publish(subject, publish.payload(payload))
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            }
         };
         let result = match sent {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
