@@ -9,8 +9,8 @@ use tern_tests::{NatsServer, Receiver, TernSystem};
 
 const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
-/// Probes every operation of the document at `base` without credentials.
-async fn probe(system: &TernSystem, base: &str) -> usize {
+/// The OpenAPI 3.1 document served at `base`, checked to be JSON.
+async fn document(system: &TernSystem, base: &str) -> Value {
     let response = system
         .client()
         .get(format!("{base}/openapi.json"))
@@ -24,6 +24,12 @@ async fn probe(system: &TernSystem, base: &str) -> usize {
     );
     let doc: Value = response.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    doc
+}
+
+/// Probes every operation of the document at `base` without credentials.
+async fn probe(system: &TernSystem, base: &str) -> usize {
+    let doc = document(system, base).await;
     let mut probed = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         let concrete = path
@@ -87,19 +93,7 @@ async fn the_resolver_serves_its_document_and_answers_as_it_says() {
     let nats = NatsServer::start().await;
     let system = TernSystem::start(&nats).await;
     let base = &system.resolver_url;
-    let response = system
-        .client()
-        .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "application/json"
-    );
-    let doc: Value = response.json().await.unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let doc = document(&system, base).await;
     let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
     assert_eq!(paths, ["/openapi.json", "/v1/callbacks/{id}"]);
 

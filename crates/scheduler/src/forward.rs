@@ -68,6 +68,8 @@ struct Destination {
     subject: String,
     /// The forward's span, in the task's trace.
     span: Span,
+    /// True for the open subject, which takes READY credit.
+    open: bool,
     /// A deferred task bound for a limited subject, whose record must be created first.
     needs_record: Option<Task>,
 }
@@ -79,6 +81,7 @@ fn destination(message: &jetstream::Message, queues: &Queues) -> Option<Destinat
         return ready_subject_for(&message.subject).map(|subject| Destination {
             subject,
             span: Span::none(),
+            open: true,
             needs_record: None,
         });
     };
@@ -95,6 +98,7 @@ fn destination(message: &jetstream::Message, queues: &Queues) -> Option<Destinat
     Some(Destination {
         subject,
         span,
+        open,
         needs_record: (task.record_deferred && !open).then_some(task),
     })
 }
@@ -158,10 +162,13 @@ pub async fn run(
                 credit.give_back();
                 continue;
             };
-            if !destination
-                .subject
-                .starts_with(READY_OPEN_FILTER.trim_end_matches('>'))
-            {
+            let Destination {
+                subject,
+                span,
+                open,
+                needs_record,
+            } = destination;
+            if !open {
                 credit.give_back();
             }
             let permit = tokio::select! {
@@ -172,8 +179,7 @@ pub async fn run(
                 permit = in_flight.clone().acquire_owned() => permit
                     .map_err(|e| ForwardError::new(e.to_string()))?,
             };
-            let span = destination.span.clone();
-            forward(&shared, &tasks, destination, next, permit)
+            forward(&shared, &tasks, subject, needs_record, next, permit)
                 .instrument(span)
                 .await;
         }
@@ -253,15 +259,11 @@ struct AfterRecord {
 async fn forward(
     js: &Arc<jetstream::Context>,
     tasks: &TaskStore,
-    destination: Destination,
+    subject: String,
+    needs_record: Option<Task>,
     held: Pulled,
     permit: OwnedSemaphorePermit,
 ) {
-    let Destination {
-        subject,
-        needs_record,
-        ..
-    } = destination;
     let mut publish = jetstream::message::PublishMessage::build();
     if let Some(headers) = held.message.headers.clone() {
         publish = publish.headers(headers);
