@@ -105,14 +105,7 @@ async fn cancelling_scheduled_and_queued_tasks() {
         json!({"queue": "q", "webhook_url": receiver.url("/"), "payload": 1, "delay": "2s"}),
     )
     .await;
-    let (code, body) = system
-        .call(
-            ACME.api_key,
-            Method::DELETE,
-            &format!("/v1/tasks/{scheduled}"),
-            None,
-        )
-        .await;
+    let (code, body) = system.cancel(ACME.api_key, &scheduled).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["status"], "cancelled");
 
@@ -122,23 +115,9 @@ async fn cancelling_scheduled_and_queued_tasks() {
         json!({"queue": "q", "webhook_url": receiver.url("/"), "payload": 2}),
     )
     .await;
-    let (code, _) = system
-        .call(
-            GLOBEX.api_key,
-            Method::DELETE,
-            &format!("/v1/tasks/{queued}"),
-            None,
-        )
-        .await;
+    let (code, _) = system.cancel(GLOBEX.api_key, &queued).await;
     assert_eq!(code, 404, "another tenant cannot cancel it");
-    let (code, body) = system
-        .call(
-            ACME.api_key,
-            Method::DELETE,
-            &format!("/v1/tasks/{queued}"),
-            None,
-        )
-        .await;
+    let (code, body) = system.cancel(ACME.api_key, &queued).await;
     assert_eq!(code, 200, "{body}");
     system.start_worker().await;
 
@@ -151,14 +130,7 @@ async fn cancelling_scheduled_and_queued_tasks() {
     system
         .wait_for_status(ACME.api_key, &done, "succeeded")
         .await;
-    let (code, body) = system
-        .call(
-            ACME.api_key,
-            Method::DELETE,
-            &format!("/v1/tasks/{done}"),
-            None,
-        )
-        .await;
+    let (code, body) = system.cancel(ACME.api_key, &done).await;
     assert_eq!(code, 409, "{body}");
     assert!(
         body["error"]["message"]
@@ -167,12 +139,7 @@ async fn cancelling_scheduled_and_queued_tasks() {
             .contains("succeeded")
     );
     let (code, _) = system
-        .call(
-            ACME.api_key,
-            Method::DELETE,
-            &format!("/v1/tasks/{}", uuid::Uuid::now_v7()),
-            None,
-        )
+        .cancel(ACME.api_key, &uuid::Uuid::now_v7().to_string())
         .await;
     assert_eq!(code, 404);
 
@@ -213,14 +180,7 @@ async fn cancel_racing_the_firing_leaves_exactly_one_outcome() {
         if let Some(wait) = at.checked_sub(start.elapsed()) {
             tokio::time::sleep(wait).await;
         }
-        let (code, _) = system
-            .call(
-                ACME.api_key,
-                Method::DELETE,
-                &format!("/v1/tasks/{id}"),
-                None,
-            )
-            .await;
+        let (code, _) = system.cancel(ACME.api_key, id).await;
         answers.push(code);
     }
     for (id, code) in ids.iter().zip(&answers) {

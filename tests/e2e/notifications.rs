@@ -160,14 +160,7 @@ async fn a_cancelled_task_is_announced() {
     )
     .await;
     let id = task["task_id"].as_str().unwrap();
-    let (code, _) = system
-        .call(
-            ACME.api_key,
-            axum::http::Method::DELETE,
-            &format!("/v1/tasks/{id}"),
-            None,
-        )
-        .await;
+    let (code, _) = system.cancel(ACME.api_key, id).await;
     assert_eq!(code, 200);
     let event = events(&notified, 1).await[0].json();
     assert_eq!(event["type"], "task.cancelled");

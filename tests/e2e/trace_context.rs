@@ -111,14 +111,7 @@ async fn completion_notifications_carry_the_clients_trace_id() {
     let delayed = json!({"queue": "q", "webhook_url": receiver.url("/never"), "payload": {},
                          "notify_url": receiver.url("/cancelled"), "delay": "1h"});
     let id = submit_traced(&system, Some(CLIENT), delayed).await;
-    let (code, _) = system
-        .call(
-            ACME.api_key,
-            axum::http::Method::DELETE,
-            &format!("/v1/tasks/{id}"),
-            None,
-        )
-        .await;
+    let (code, _) = system.cancel(ACME.api_key, &id).await;
     assert_eq!(code, 200);
     let untraced = json!({"queue": "q", "webhook_url": receiver.url("/hook"), "payload": {},
                           "notify_url": receiver.url("/untraced")});

@@ -219,14 +219,6 @@ async fn exhausted_task_is_dead_lettered_with_its_history() {
     system.stop().await;
 }
 
-/// `DELETE /v1/tasks/{id}` as ACME.
-async fn cancel(system: &TernSystem, id: &str) -> (u16, serde_json::Value) {
-    let path = format!("/v1/tasks/{id}");
-    system
-        .call(ACME.api_key, http::Method::DELETE, &path, None)
-        .await
-}
-
 /// Messages on `stream` right now.
 async fn messages_on(nats: &NatsServer, stream: &str) -> u64 {
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -263,18 +255,19 @@ async fn unclaimed_tasks_are_read_and_cancelled_where_they_wait() {
     assert_eq!(body["webhook_url"], receiver.url("/"));
     assert!(body["created_at"].is_string(), "{body}");
     assert_eq!(body["attempts"], json!([]));
-    let path = format!("/v1/tasks/{kept}");
-    for method in [http::Method::GET, http::Method::DELETE] {
-        let (status, body) = system.call(GLOBEX.api_key, method, &path, None).await;
+    for (status, body) in [
+        system.task(GLOBEX.api_key, &kept).await,
+        system.cancel(GLOBEX.api_key, &kept).await,
+    ] {
         assert_eq!(status, 404, "another tenant's unclaimed task: {body}");
     }
-    let (status, body) = cancel(&system, &cancelled_early).await;
+    let (status, body) = system.cancel(ACME.api_key, &cancelled_early).await;
     assert_eq!(
         (status, &body["status"]),
         (200, &json!("cancelled")),
         "{body}"
     );
-    let (status, _) = cancel(&system, &cancelled_early).await;
+    let (status, _) = system.cancel(ACME.api_key, &cancelled_early).await;
     assert_eq!(status, 409, "a cancelled task cannot be cancelled again");
 
     // On READY.
@@ -289,7 +282,7 @@ async fn unclaimed_tasks_are_read_and_cancelled_where_they_wait() {
     .await;
     let (_, body) = system.task(ACME.api_key, &cancelled_late).await;
     assert_eq!(body["status"], "queued");
-    let (status, body) = cancel(&system, &cancelled_late).await;
+    let (status, body) = system.cancel(ACME.api_key, &cancelled_late).await;
     assert_eq!(
         (status, &body["status"]),
         (200, &json!("cancelled")),
@@ -316,7 +309,7 @@ async fn unclaimed_tasks_are_read_and_cancelled_where_they_wait() {
     let mut expected = vec![kept.clone(), last.clone()];
     expected.sort();
     assert_eq!(delivered, expected, "each kept task once, no cancelled one");
-    let (status, body) = cancel(&system, &kept).await;
+    let (status, body) = system.cancel(ACME.api_key, &kept).await;
     assert_eq!(status, 409, "{body}");
     system.stop().await;
 }

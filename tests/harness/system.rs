@@ -374,6 +374,12 @@ impl TernSystem {
             .await
     }
 
+    /// `DELETE /v1/tasks/{id}` with `api_key`: status code and JSON body.
+    pub async fn cancel(&self, api_key: &str, id: &str) -> (u16, Value) {
+        let path = format!("/v1/tasks/{id}");
+        self.call(api_key, http::Method::DELETE, &path, None).await
+    }
+
     /// A public API call with `api_key`: status code and JSON body.
     pub async fn call(
         &self,
