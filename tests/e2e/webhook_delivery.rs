@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::json;
 use tern_core::signing::{SigningSecret, Verifier};
+use tern_core::tier::Tier;
 use tern_tests::system::{ACME, GLOBEX};
 use tern_tests::{NatsServer, Receiver, TernSystem, wait_until};
 
@@ -227,6 +228,21 @@ async fn messages_on(nats: &NatsServer, stream: &str) -> u64 {
     stream.info().await.unwrap().state.messages
 }
 
+/// The `Nats-Msg-Id` of the message on `subject` in `stream` (None without one).
+async fn message_id_on(nats: &NatsServer, stream: &str, subject: &str) -> Option<String> {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = tern_core::nats::jetstream(client);
+    let stream = js.get_stream(stream).await.unwrap();
+    let message = stream
+        .direct_get_last_for_subject(subject)
+        .await
+        .unwrap_or_else(|e| panic!("no message on {subject}: {e}"));
+    message
+        .headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|id| id.as_str().to_string())
+}
+
 /// A plain webhook task has no record until a worker claims it: before that it is
 /// read and cancelled through its message, on INTAKE (no scheduler) and on READY (no
 /// worker), and stays private to its tenant.
@@ -248,6 +264,10 @@ async fn unclaimed_tasks_are_read_and_cancelled_where_they_wait() {
     let kept = system.submit_id(ACME.api_key, &task(1)).await;
     let cancelled_early = system.submit_id(ACME.api_key, &task(2)).await;
     assert_eq!(messages_on(&nats, "TERN_INTAKE").await, 2);
+    // Published once with a new id, it needs no duplicate-window entry on INTAKE; on
+    // READY it has one, against a repeated forward.
+    let intake = tern_core::topology::intake_subject(Tier::Business, ACME.id, &kept);
+    assert_eq!(message_id_on(&nats, "TERN_INTAKE", &intake).await, None);
     let (status, body) = system.task(ACME.api_key, &kept).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "queued");
@@ -280,6 +300,11 @@ async fn unclaimed_tasks_are_read_and_cancelled_where_they_wait() {
             .then_some(())
     })
     .await;
+    let ready = tern_core::topology::ready_subject(Tier::Business, ACME.id, &last);
+    assert_eq!(
+        message_id_on(&nats, "TERN_READY", &ready).await.as_deref(),
+        Some(last.as_str())
+    );
     let (_, body) = system.task(ACME.api_key, &cancelled_late).await;
     assert_eq!(body["status"], "queued");
     let (status, body) = system.cancel(ACME.api_key, &cancelled_late).await;

@@ -98,8 +98,7 @@ async fn main() -> anyhow::Result<()> {
         args.receiver_port,
         args.fail_rate,
         Duration::from_millis(args.receiver_delay_ms),
-    )
-    .await?;
+    )?;
     let webhook_url = format!("http://{}/hook", receiver.addr);
     let data = "x".repeat(args.payload_bytes.saturating_sub(12));
     let start_ms = tern_core::now_ms();

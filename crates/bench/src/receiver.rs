@@ -40,14 +40,15 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Binds `port` on loopback (0 = any) and serves in the background; every answer
-    /// waits `delay` first (a slow receiver, as real endpoints are).
-    pub async fn start(
-        port: u16,
-        fail_rate: f64,
-        delay: std::time::Duration,
-    ) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    /// Binds `port` on loopback (0 = any) and serves on a thread of its own; every
+    /// answer waits `delay` first (a slow receiver, as real endpoints are).
+    ///
+    /// The receiver is another party than the submitting clients: on the clients'
+    /// thread, its work would queue in front of their responses and count in the
+    /// accept latency the bench reports.
+    pub fn start(port: u16, fail_rate: f64, delay: std::time::Duration) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             seen: Mutex::new(Seen::default()),
@@ -55,9 +56,21 @@ impl Receiver {
             delay,
         });
         let app = Router::new().fallback(receive).with_state(shared.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("receiver".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let _ = axum::serve(listener, app).await;
+                        }
+                        Err(e) => eprintln!("tern-bench: receiver cannot listen: {e}"),
+                    }
+                })
+            })?;
         Ok(Self { addr, shared })
     }
 

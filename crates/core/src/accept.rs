@@ -86,11 +86,19 @@ pub enum AcceptError {
     Unavailable(String),
 }
 
-/// Publishes `task` to INTAKE (`Nats-Msg-Id` = task id, so a repeat is dropped by the
-/// duplicate window) and waits for JetStream's acknowledgement.
+/// Publishes `task` to INTAKE and waits for JetStream's acknowledgement.
+///
+/// A task that may be published again (a delayed task's release, a schedule's
+/// resumed firing) carries `Nats-Msg-Id` = task id, so the duplicate window drops
+/// the repeat. A deferred-record task does not: its id is new and the ingress
+/// publishes it once, and every id the window remembers costs the server memory
+/// for two minutes, at thousands of tasks a second. The scheduler gives it the
+/// header on its way to READY, where a re-forward can repeat it.
 pub async fn publish_to_intake(js: &jetstream::Context, task: &Task) -> Result<(), String> {
     let mut headers = HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, task.id.as_str());
+    if !task.record_deferred {
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, task.id.as_str());
+    }
     if !task.traceparent.is_empty() {
         headers.insert(crate::trace_context::HEADER, task.traceparent.as_str());
     }

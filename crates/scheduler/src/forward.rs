@@ -70,6 +70,8 @@ struct Destination {
     span: Span,
     /// True for the open subject, which takes READY credit.
     open: bool,
+    /// The task's id (empty for an undecodable message).
+    task_id: String,
     /// A deferred task bound for a limited subject, whose record must be created first.
     needs_record: Option<Task>,
 }
@@ -82,6 +84,7 @@ fn destination(message: &jetstream::Message, queues: &Queues) -> Option<Destinat
             subject,
             span: Span::none(),
             open: true,
+            task_id: String::new(),
             needs_record: None,
         });
     };
@@ -99,6 +102,7 @@ fn destination(message: &jetstream::Message, queues: &Queues) -> Option<Destinat
         subject,
         span,
         open,
+        task_id: task.id.clone(),
         needs_record: (task.record_deferred && !open).then_some(task),
     })
 }
@@ -166,6 +170,7 @@ pub async fn run(
                 subject,
                 span,
                 open,
+                task_id,
                 needs_record,
             } = destination;
             if !open {
@@ -179,9 +184,17 @@ pub async fn run(
                 permit = in_flight.clone().acquire_owned() => permit
                     .map_err(|e| ForwardError::new(e.to_string()))?,
             };
-            forward(&shared, &tasks, subject, needs_record, next, permit)
-                .instrument(span)
-                .await;
+            forward(
+                &shared,
+                &tasks,
+                subject,
+                task_id,
+                needs_record,
+                next,
+                permit,
+            )
+            .instrument(span)
+            .await;
         }
         if shutdown.is_cancelled() {
             break;
@@ -260,14 +273,19 @@ async fn forward(
     js: &Arc<jetstream::Context>,
     tasks: &TaskStore,
     subject: String,
+    task_id: String,
     needs_record: Option<Task>,
     held: Pulled,
     permit: OwnedSemaphorePermit,
 ) {
-    let mut publish = jetstream::message::PublishMessage::build();
-    if let Some(headers) = held.message.headers.clone() {
-        publish = publish.headers(headers);
+    // READY's duplicate window drops the copy a re-forward makes (after a crash
+    // between this publish and the INTAKE ack); a deferred-record task reaches
+    // INTAKE without the header (see `publish_to_intake`).
+    let mut headers = held.message.headers.clone().unwrap_or_default();
+    if headers.get(async_nats::header::NATS_MESSAGE_ID).is_none() && !task_id.is_empty() {
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, task_id.as_str());
     }
+    let publish = jetstream::message::PublishMessage::build().headers(headers);
     // Exactly one of the two: published now, or once the record is written.
     let send = match needs_record {
         None => Send::Now(
