@@ -282,6 +282,16 @@ def check_invariants(ov: Overlay, conf_dir: Path) -> None:
                  f"tern-delivery-worker: terminationGracePeriodSeconds {tgps} must exceed "
                  f"worker.shutdown_grace {grace:g}s by 10s or more")
 
+    # The ingress serves through its delay, then drains, within its grace period.
+    if "tern-ingress" in deployments:
+        i, _ = deployments["tern-ingress"]
+        delay = parse_duration(env.get("TERN_INGRESS__SHUTDOWN_DELAY", "0s"))
+        grace = parse_duration(env.get("TERN_INGRESS__SHUTDOWN_GRACE", "20s"))
+        tgps = i["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        ov.check(tgps >= delay + grace + 5,
+                 f"tern-ingress: terminationGracePeriodSeconds {tgps} must exceed "
+                 f"ingress.shutdown_delay + shutdown_grace ({delay + grace:g}s) by 5s or more")
+
     # NATS: size, config, stream replicas, the URL Tern uses.
     nats = ov.named("StatefulSet", "nats")
     cm = ov.named("ConfigMap", "nats-config")

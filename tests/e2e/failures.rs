@@ -683,3 +683,88 @@ async fn sigterm_drains_the_ingress_every_202_is_delivered_the_rest_fail_cleanly
         .last_sequence;
     assert_eq!(published, ids.len() as u64);
 }
+
+/// With `ingress.shutdown_delay`, a SIGTERM'd ingress fails `/readyz` at once but goes
+/// on accepting for the delay (what a load balancer still sends while the endpoint's
+/// removal reaches it); then it closes its port and exits, and every 202 is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_shutdown_delay_fails_readiness_first_and_serves_through_the_delay() {
+    const DELAY: Duration = Duration::from_secs(2);
+    let nats = NatsServer::start().await;
+    let receiver = Receiver::start().await;
+    let mut system = ProcessSystem::start(
+        &nats.url(),
+        &[(
+            "TERN_INGRESS__SHUTDOWN_DELAY",
+            format!("{}s", DELAY.as_secs()),
+        )],
+        &[],
+    )
+    .await;
+    let readyz = format!("http://127.0.0.1:{}/readyz", system.ingress.ops_port);
+    let tasks = format!("{}/v1/tasks", system.api_url);
+    let hook = receiver.url("/hook");
+    let client = tern_tests::http();
+    let status = client.get(&readyz).send().await.expect("readyz").status();
+    assert_eq!(status, 200, "ready before the signal");
+
+    let sigterm = Instant::now();
+    let probe = async {
+        wait_until("/readyz failing", Duration::from_secs(5), || async {
+            match client.get(&readyz).send().await {
+                Ok(r) if r.status() == 503 => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+        // Not ready, yet still serving: submit at a steady pace until the port closes.
+        let mut accepted: Vec<(Instant, String)> = Vec::new();
+        let mut pace = tokio::time::interval(Duration::from_millis(50));
+        for i in 0.. {
+            pace.tick().await;
+            let response = client
+                .post(&tasks)
+                .bearer_auth(ACME.api_key)
+                .timeout(Duration::from_secs(5))
+                .json(&load::webhook(&hook, i))
+                .send()
+                .await;
+            let Ok(response) = response else { break };
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            assert_eq!(status, 202, "while the delay lasts: {body}");
+            let id = body["task_id"].as_str().expect("task_id").to_string();
+            accepted.push((Instant::now(), id));
+        }
+        accepted
+    };
+    let (clean, accepted) = tokio::join!(
+        system.ingress.terminate(DELAY + Duration::from_secs(15)),
+        probe
+    );
+    let took = sigterm.elapsed();
+    assert!(
+        clean,
+        "the ingress exits cleanly on SIGTERM:\n{}",
+        system.ingress.log()
+    );
+    assert!(
+        took >= DELAY,
+        "it served through the delay: exited after {took:?}"
+    );
+    let last = accepted.last().map(|(at, _)| *at - sigterm);
+    assert!(
+        last.is_some_and(|last| last >= DELAY / 2),
+        "tasks are accepted well into the delay, after readiness failed: last 202 at {last:?}"
+    );
+    let refused = client.post(&tasks).bearer_auth(ACME.api_key).send().await;
+    assert!(refused.is_err(), "the port is closed after the exit");
+
+    let expected: HashSet<String> = accepted.into_iter().map(|(_, id)| id).collect();
+    wait_until(
+        "every task accepted during the delay delivered",
+        Duration::from_secs(30),
+        || async { expected.is_subset(&receiver.distinct_ids()).then_some(()) },
+    )
+    .await;
+}

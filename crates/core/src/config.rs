@@ -137,8 +137,12 @@ pub struct IngressConfig {
     pub max_body_bytes: usize,
     /// Longest accepted webhook URL.
     pub max_url_len: usize,
-    /// How long in-flight requests may finish after SIGTERM (new connections are
-    /// refused at once); what is still open then is closed.
+    /// How long the ingress goes on serving after SIGTERM while `/readyz` already
+    /// answers 503, so load balancers stop sending before the port closes (on
+    /// Kubernetes, endpoint removal reaches them a few seconds after the signal).
+    pub shutdown_delay: HumanDuration,
+    /// How long in-flight requests may finish once the listeners close (after
+    /// `shutdown_delay`); what is still open then is closed.
     pub shutdown_grace: HumanDuration,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: HumanDuration,
@@ -156,6 +160,8 @@ impl Default for IngressConfig {
             public_url: "http://127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
             max_url_len: 2048,
+            // Nothing routes to a local ingress: close at once. Kubernetes sets it.
+            shutdown_delay: HumanDuration(std::time::Duration::ZERO),
             // Inside Kubernetes' default 30 s termination grace.
             shutdown_grace: HumanDuration(std::time::Duration::from_secs(20)),
             idempotency_ttl: HumanDuration(std::time::Duration::from_secs(86_400)),

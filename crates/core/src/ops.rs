@@ -46,15 +46,30 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 pub struct Health {
     client: async_nats::Client,
     topology: Topology,
+    stopping: Option<CancellationToken>,
 }
 
 impl Health {
     /// Readiness = NATS connected and the topology present.
     pub fn new(client: async_nats::Client, topology: Topology) -> Self {
-        Self { client, topology }
+        Self {
+            client,
+            topology,
+            stopping: None,
+        }
+    }
+
+    /// Also not ready once `stopping` fires (a service that goes on serving for a
+    /// while after SIGTERM tells load balancers to stop sending first).
+    pub fn not_ready_after(mut self, stopping: CancellationToken) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 
     async fn ready(&self) -> Result<(), &'static str> {
+        if self.stopping.as_ref().is_some_and(|s| s.is_cancelled()) {
+            return Err("shutting down");
+        }
         if !crate::nats::is_connected(&self.client) {
             return Err("NATS disconnected");
         }

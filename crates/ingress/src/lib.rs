@@ -164,28 +164,46 @@ impl Ingress {
             token: self.config.ingress.admin_token.clone(),
             redrive_rate: self.config.ingress.redrive_rate,
         });
+        // SIGTERM makes `/readyz` fail at once; the listeners close `shutdown_delay`
+        // later, once load balancers have had the time to stop sending.
+        let closing = CancellationToken::new();
+        let delay = self.config.ingress.shutdown_delay.get();
+        let close_later = tokio::spawn({
+            let (shutdown, closing) = (shutdown.clone(), closing.clone());
+            async move {
+                shutdown.cancelled().await;
+                if !delay.is_zero() {
+                    tracing::info!(
+                        ?delay,
+                        "shutting down: not ready, serving for the shutdown delay"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                closing.cancel();
+            }
+        });
         let admin = axum::serve(
             self.admin,
             tern_core::http_metrics::instrument(admin::router(admin_state), "admin"),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .with_graceful_shutdown(closing.clone().cancelled_owned())
         .into_future();
         let ops = tokio::spawn(tern_core::ops::serve(
             self.ops,
-            runtime.health(),
-            shutdown.clone(),
+            runtime.health().not_ready_after(shutdown.clone()),
+            closing.clone(),
         ));
         tracing::info!(addr = ?self.api.local_addr().ok(), "ingress listening");
         let api = axum::serve(self.api, router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .with_graceful_shutdown(closing.clone().cancelled_owned())
             .into_future();
-        // On shutdown the listeners close at once and requests in flight may finish;
-        // a slow one (a synchronous proxied call may take `proxy.sync_deadline`) must
-        // not hold the process past its grace, after which the orchestrator kills it
-        // without flushing anything.
+        // When the listeners close, requests in flight may finish; a slow one (a
+        // synchronous proxied call may take `proxy.sync_deadline`) must not hold the
+        // process past its grace, after which the orchestrator kills it without
+        // flushing anything.
         let grace = self.config.ingress.shutdown_grace.get();
         let grace_over = async {
-            shutdown.cancelled().await;
+            closing.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         let served = tokio::select! {
@@ -195,6 +213,8 @@ impl Ingress {
                 Ok(())
             }
         };
+        closing.cancel();
+        close_later.abort();
         let _ = ops.await;
         served.map_err(|source| StartError::Bind {
             addr: self.config.ingress.listen,
