@@ -4,6 +4,7 @@
 
 mod receiver;
 mod stats;
+mod submitter;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::sync::Mutex;
 
 use crate::receiver::Receiver;
 use crate::stats::summarize;
+use crate::submitter::{Submitter, Target};
 
 /// Benchmark options.
 #[derive(Parser, Debug)]
@@ -79,6 +81,12 @@ fn task_body(args: &Args, webhook_url: &str, data: &str, start_ms: i64, i: usize
     serde_json::to_vec(&task).unwrap_or_default().into()
 }
 
+/// The part of a `202` the bench reads.
+#[derive(serde::Deserialize)]
+struct AcceptedBody {
+    task_id: String,
+}
+
 struct Submitted {
     /// task id → when its request was sent.
     sent: HashMap<String, Instant>,
@@ -140,17 +148,12 @@ async fn main() -> anyhow::Result<()> {
     }));
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let endpoint = format!("{}/v1/tasks", args.url.trim_end_matches('/'));
+    let target = Target::new(&args.url, &args.api_key)?;
     let clients: Vec<_> = (0..args.concurrency)
         .map(|_| {
-            let (client, bodies, endpoint, next, submitted) = (
-                client.clone(),
-                bodies.clone(),
-                endpoint.clone(),
-                next.clone(),
-                submitted.clone(),
-            );
-            let (key, tasks, rate) = (args.api_key.clone(), args.tasks, args.rate);
+            let (bodies, next, submitted) = (bodies.clone(), next.clone(), submitted.clone());
+            let mut submitter = Submitter::new(target.clone(), Duration::from_secs(30));
+            let (tasks, rate) = (args.tasks, args.rate);
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -162,27 +165,16 @@ async fn main() -> anyhow::Result<()> {
                         tokio::time::sleep_until(due.into()).await;
                     }
                     let sent = Instant::now();
-                    let result = client
-                        .post(&endpoint)
-                        .bearer_auth(&key)
-                        .header("content-type", "application/json")
-                        .body(bodies[i % bodies.len()].clone())
-                        .send()
-                        .await;
+                    let result = submitter.submit(bodies[i % bodies.len()].clone()).await;
                     let latency = sent.elapsed();
                     let outcome = match result {
-                        Ok(r) if r.status().as_u16() == 202 => r
-                            .json::<serde_json::Value>()
-                            .await
-                            .ok()
-                            .and_then(|v| v["task_id"].as_str().map(str::to_string))
-                            .ok_or_else(|| "202 without task_id".to_string()),
-                        Ok(r) => Err(format!(
-                            "HTTP {}: {}",
-                            r.status(),
-                            r.text().await.unwrap_or_default()
-                        )),
-                        Err(e) => Err(e.to_string()),
+                        Ok((202, body)) => serde_json::from_slice::<AcceptedBody>(&body)
+                            .map(|accepted| accepted.task_id)
+                            .map_err(|_| "202 without task_id".to_string()),
+                        Ok((status, body)) => {
+                            Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+                        }
+                        Err(e) => Err(format!("{e:#}")),
                     };
                     let mut s = submitted.lock().await;
                     match outcome {
