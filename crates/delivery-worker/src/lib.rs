@@ -1,12 +1,14 @@
 //! The delivery worker: executes HTTP jobs pulled from the READY stream.
 //!
 //! Messages are pulled in batches from one durable consumer shared by every worker
-//! replica, and up to `worker.concurrency` deliveries run at once; each queue with
+//! replica, and up to `worker.concurrency` deliveries run at once (fewer while the
+//! worker has no CPU to spare, see [`in_flight`]); each queue with
 //! limits has its own consumer and loop besides (see [`limited`]). On shutdown the
 //! worker stops pulling, lets in-flight calls finish within the grace period, and
 //! hands anything left back to JetStream for immediate redelivery.
 
 mod delivery_metrics;
+pub mod in_flight;
 pub mod job;
 pub mod limited;
 pub mod process;
@@ -122,9 +124,12 @@ async fn consume(
     let stop = shutdown.child_token();
     let limited = tokio::spawn(limited.supervise(stop.clone()));
     tracing::info!(concurrency, "delivery worker pulling");
-    let open = pull::deliver(&consumer, ctx, concurrency, None, stop.clone(), grace).await;
+    let in_flight = in_flight::InFlight::adaptive(concurrency);
+    let adapt = tokio::spawn(in_flight.clone().adapt(stop.clone()));
+    let open = pull::deliver(&consumer, ctx, in_flight, None, stop.clone(), grace).await;
     stop.cancel();
     let _ = limited.await;
+    let _ = adapt.await;
     open.map_err(|e| StartError::Failed(format!("delivery consumer: {e}")))
 }
 

@@ -193,7 +193,7 @@ impl Limited {
         if let Err(e) = crate::pull::deliver(
             &consumer,
             self.ctx.clone(),
-            self.concurrency,
+            crate::in_flight::InFlight::fixed(self.concurrency),
             Some(gate),
             stop,
             self.grace,

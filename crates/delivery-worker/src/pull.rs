@@ -1,16 +1,16 @@
 //! The pull loop shared by the `delivery` consumer and each limited queue's consumer:
-//! pull in batches, run up to `concurrency` deliveries at once, and on stop hand back
-//! what has not started, let in-flight calls finish within the grace period, then
-//! hand back the rest.
+//! pull in batches, run as many deliveries at once as `in_flight` allows, and on stop
+//! hand back what has not started, let in-flight calls finish within the grace
+//! period, then hand back the rest.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, consumer::PullConsumer};
 use futures::StreamExt;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::in_flight::InFlight;
 use crate::limited::RateGate;
 use crate::process::{self, Context};
 
@@ -21,12 +21,13 @@ const DRAIN_WINDOW: Duration = Duration::from_millis(250);
 /// it: longer than the rest of the drain window plus the unsubscribe's trip.
 const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 
-/// Delivers from `consumer` until `stop` fires; `gate` makes every delivery take a
-/// rate token first. An error means the consumer went away.
+/// Delivers from `consumer` until `stop` fires, each delivery in a slot of
+/// `in_flight`; `gate` makes every delivery take a rate token first. An error means
+/// the consumer went away.
 pub async fn deliver(
     consumer: &PullConsumer,
     ctx: Arc<Context>,
-    concurrency: usize,
+    in_flight: Arc<InFlight>,
     gate: Option<Arc<RateGate>>,
     stop: CancellationToken,
     grace: Duration,
@@ -35,22 +36,18 @@ pub async fn deliver(
         .stream()
         // Never a batch of 1: async-nats then sometimes loses track of its pull request
         // and waits out the 35 s safety re-pull (seen with `worker.concurrency = 1`).
-        .max_messages_per_batch(concurrency.clamp(2, 500))
+        .max_messages_per_batch(in_flight.limit().clamp(2, 500))
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()
         .await
         .map_err(|e| e.to_string())?;
-    let permits = Arc::new(Semaphore::new(concurrency));
     let abort = CancellationToken::new();
     let mut result = Ok(());
     loop {
-        let permit = tokio::select! {
+        let slot = tokio::select! {
             _ = stop.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+            slot = in_flight.acquire() => slot,
         };
         let next = tokio::select! {
             _ = stop.cancelled() => break,
@@ -81,7 +78,7 @@ pub async fn deliver(
             if admitted {
                 process::handle(ctx, message, abort).await;
             }
-            drop(permit);
+            drop(slot);
         }));
     }
 
@@ -97,8 +94,7 @@ pub async fn deliver(
         let _ = message.ack_with(AckKind::Nak(Some(HAND_BACK_DELAY))).await;
     }
     drop(messages);
-    let all = concurrency as u32;
-    if tokio::time::timeout(grace, permits.acquire_many(all))
+    if tokio::time::timeout(grace, in_flight.drained())
         .await
         .is_err()
     {
@@ -107,7 +103,7 @@ pub async fn deliver(
             "grace period over; handing in-flight deliveries back"
         );
         abort.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(all)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.drained()).await;
     }
     result
 }
