@@ -420,6 +420,8 @@ async fn metrics_count_the_flow_and_logs_carry_ids_but_never_secrets() {
     assert_eq!(moved(2, "tern_delivery_retries_total", &[]), 1.0);
     assert_eq!(moved(2, "tern_dlq_inflow_total", &[]), 1.0);
     assert!(moved(2, "tern_delivery_seconds_count", &[]) >= 6.0);
+    // An idle worker allows all of `worker.concurrency` (64 in the test config).
+    assert_eq!(value(&after[2], "tern_worker_in_flight_limit", &[]), 64.0);
 
     // Resolver: the resolution, and its route (the pattern, never the id).
     let resolved = [("result", "resolved")];

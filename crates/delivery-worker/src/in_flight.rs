@@ -155,11 +155,11 @@ impl InFlight {
     /// Adjusts the limit every [`WINDOW`] to the busy ratio of the runtime this runs
     /// on, until `stop` fires. Exported as `tern_worker_in_flight_limit`.
     pub async fn adapt(self: Arc<Self>, stop: CancellationToken) {
+        let gauge = metrics::gauge!("tern_worker_in_flight_limit");
+        gauge.set(self.limit() as f64);
         if self.floor == self.cap {
             return;
         }
-        let gauge = metrics::gauge!("tern_worker_in_flight_limit");
-        gauge.set(self.limit() as f64);
         let runtime = tokio::runtime::Handle::current().metrics();
         let mut busy_before = busy_total(&runtime);
         let mut at = Instant::now();
@@ -297,7 +297,10 @@ mod tests {
 
         // Keep the runtime busy in 1 ms slices (yielding, so the adjuster's timer runs).
         while in_flight.limit() == 512 {
-            assert!(Instant::now() < deadline, "a saturated runtime lowers the limit");
+            assert!(
+                Instant::now() < deadline,
+                "a saturated runtime lowers the limit"
+            );
             let slice = Instant::now() + Duration::from_millis(1);
             while Instant::now() < slice {
                 std::hint::spin_loop();
@@ -308,7 +311,10 @@ mod tests {
 
         // Idle: the limit climbs back to the cap.
         while in_flight.limit() < 512 {
-            assert!(Instant::now() < deadline, "an idle runtime restores the limit");
+            assert!(
+                Instant::now() < deadline,
+                "an idle runtime restores the limit"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         stop.cancel();
