@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::StatusCode;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use rand::Rng;
 
 /// What the receiver saw.
@@ -55,18 +56,16 @@ impl Receiver {
             fail_rate,
             delay,
         });
-        let app = Router::new().fallback(receive).with_state(shared.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let serving = shared.clone();
         std::thread::Builder::new()
             .name("receiver".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            let _ = axum::serve(listener, app).await;
-                        }
+                        Ok(listener) => serve(listener, serving).await,
                         Err(e) => eprintln!("tern-bench: receiver cannot listen: {e}"),
                     }
                 })
@@ -100,7 +99,41 @@ fn task_id(body: &[u8]) -> Option<String> {
     Some(text[start..end].to_string())
 }
 
-async fn receive(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
+/// Serves every connection on `listener` with plain hyper: the receiver stands in
+/// for the endpoints, and a router's per-request work would be charged to Tern's
+/// machine share.
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                eprintln!("tern-bench: receiver cannot accept: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                let shared = shared.clone();
+                async move {
+                    let status = match request.into_body().collect().await {
+                        Ok(body) => receive(&shared, body.to_bytes()).await,
+                        Err(_) => StatusCode::BAD_REQUEST,
+                    };
+                    let mut response = hyper::Response::new(Empty::<Bytes>::new());
+                    *response.status_mut() = status;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn receive(shared: &Shared, body: Bytes) -> StatusCode {
     let now = Instant::now();
     let Some(id) = task_id(&body) else {
         return StatusCode::BAD_REQUEST;
