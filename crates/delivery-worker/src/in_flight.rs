@@ -16,6 +16,11 @@
 //! than a quarter, between [`FLOOR`] (or the configured limit, if lower) and the
 //! configured limit. A worker whose endpoints are slow is mostly idle, so its limit
 //! stays at `worker.concurrency`.
+//!
+//! Messages the pull has already brought wait for a slot without progress acks. That
+//! wait stays far below the ack wait: a saturated runtime frees slots every few
+//! milliseconds, and slots held by slow calls leave the runtime idle, which raises
+//! the limit back to `worker.concurrency` within two seconds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
