@@ -107,7 +107,9 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
                 eprintln!("tern-bench: receiver cannot accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
