@@ -246,33 +246,29 @@ mod tests {
         assert_eq!(in_flight.running(), 2);
 
         // Full: the third waits until a slot comes back.
-        let waiter = tokio::spawn({
-            let in_flight = in_flight.clone();
-            async move { in_flight.acquire().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
-        drop(first);
-        let third = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("a returned slot wakes the waiter")
-            .expect("waiter panicked");
+        let third = acquired_after(&in_flight, || drop(first)).await;
         assert_eq!(in_flight.running(), 2);
 
         // Full again: an idle window raises the limit, which wakes the next one.
+        let fourth = acquired_after(&in_flight, || assert_eq!(in_flight.adjust(0.0), 3)).await;
+        assert_eq!(in_flight.running(), 3);
+        drop((third, fourth));
+    }
+
+    /// Starts an `acquire` on the full `in_flight`, checks that it waits, runs
+    /// `free` and returns the slot it then gets.
+    async fn acquired_after(in_flight: &Arc<InFlight>, free: impl FnOnce()) -> Slot {
         let waiter = tokio::spawn({
             let in_flight = in_flight.clone();
             async move { in_flight.acquire().await }
         });
         tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
-        assert_eq!(in_flight.adjust(0.0), 3);
-        let fourth = tokio::time::timeout(Duration::from_secs(5), waiter)
+        assert!(!waiter.is_finished(), "a full limit makes acquire wait");
+        free();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
-            .expect("a raised limit wakes the waiter")
-            .expect("waiter panicked");
-        assert_eq!(in_flight.running(), 3);
-        drop((third, fourth));
+            .expect("freeing a slot wakes the waiter")
+            .expect("waiter panicked")
     }
 
     #[tokio::test]
